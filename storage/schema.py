@@ -16,8 +16,8 @@ import xxhash
 __all__ = [
     "CATEGORY_MAX_BYTES",
     "EVENT_SCHEMA",
-    "MINUTE_NS",
     "HOUR_NS",
+    "MINUTE_NS",
     "PRODUCER_MAX_BYTES",
     "STORED_SCHEMA",
     "ShardHasher",
