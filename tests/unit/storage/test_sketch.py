@@ -1,0 +1,301 @@
+"""Sketch building and merging against exact answers computed by DuckDB over the same rows."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+import datasketches as ds
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from storage.errors import StorageError
+from storage.schema import HOUR_NS, STORED_SCHEMA, ShardHasher
+from storage.sketch import SKETCH_SCHEMA, SketchConfig, build_sketches, merge_sketch_tables
+
+T0 = 1_700_000_000_000_000_000 - 1_700_000_000_000_000_000 % HOUR_NS
+SMALL = SketchConfig(hll_lg_k=8, frequent_lg_max_k=4, kll_k=16)
+
+
+def workload(
+    seed: int,
+    n: int,
+    producers: int = 3_000,
+    categories: int = 3,
+    hours: int = 3,
+    shards: int = 4,
+    zipf: float = 1.1,
+) -> pa.Table:
+    """Rows in STORED_SCHEMA with Zipf-like producer popularity, a few categories and hours."""
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, producers + 1) ** zipf
+    ids = rng.choice(producers, size=n, p=weights / weights.sum())
+    names = pa.array([f"p{i:05d}" for i in range(producers)]).take(pa.array(ids))
+    cats = pa.array([f"c{i}" for i in range(categories)]).take(pa.array(rng.integers(0, categories, n)))
+    return pa.table(
+        {
+            "timestamp": pa.array(T0 + rng.integers(0, hours * HOUR_NS, n), pa.int64()),
+            "category": cats,
+            "value": pa.array(rng.integers(-1_000, 1_000_000, n), pa.int64()),
+            "producer_id": names,
+            "shard": ShardHasher(shards)(names),
+            "batch_id": pa.array(np.arange(n) // 100, pa.int64()),
+        },
+        schema=STORED_SCHEMA,
+    )
+
+
+def exact(rows: pa.Table, sql: str) -> list[tuple[object, ...]]:
+    """Run ``sql`` over ``rows`` (as view ``r`` with an ``hour`` column) in DuckDB."""
+    con = duckdb.connect()
+    con.register("raw", rows)
+    con.execute(
+        f"CREATE VIEW r AS SELECT *, floor(timestamp / {HOUR_NS})::BIGINT * {HOUR_NS} AS hour FROM raw"
+    )
+    return con.execute(sql).fetchall()
+
+
+def by_key(table: pa.Table) -> dict[tuple[str, int, int], dict[str, object]]:
+    return {(r["category"], r["shard"], r["hour"]): r for r in table.to_pylist()}
+
+
+def producer_counts(rows: pa.Table) -> dict[tuple[str, int, int], Counter[str]]:
+    out: dict[tuple[str, int, int], Counter[str]] = {}
+    for c, s, h, p, n in exact(
+        rows, "SELECT category, shard, hour, producer_id, count(*) FROM r GROUP BY ALL"
+    ):
+        out.setdefault((c, s, h), Counter())[p] = n  # type: ignore[index]
+    return out
+
+
+def check_frequent_bounds(table: pa.Table, rows: pa.Table) -> int:
+    """Every producer's exact count lies within its sketch bounds; returns how many groups were
+    in estimation mode (had to evict), so a test can insist the hard case was exercised."""
+    counts = producer_counts(rows)
+    sketches = by_key(table)
+    evicting = 0
+    for key, counter in counts.items():
+        fi = ds.frequent_strings_sketch.deserialize(sketches[key]["frequent"])
+        assert fi.total_weight == sum(counter.values())
+        evicting += fi.get_upper_bound("") > 0  # "" is never a producer: its bound is the max error
+        for producer, n in counter.items():
+            assert fi.get_lower_bound(producer) <= n <= fi.get_upper_bound(producer), (key, producer)
+    return evicting
+
+
+def test_groups_and_counts_match_exact() -> None:
+    rows = workload(seed=1, n=20_000)
+    table = build_sketches(rows, SMALL)
+    assert table.schema == SKETCH_SCHEMA
+    want = exact(rows, "SELECT category, shard, hour, count(*) FROM r GROUP BY ALL ORDER BY ALL")
+    got = list(zip(*(table[c].to_pylist() for c in ("category", "shard", "hour", "n")), strict=True))
+    assert got == want
+
+
+@pytest.mark.parametrize("seed", [2, 3])
+def test_sketches_summarise_each_group_within_bounds(seed: int) -> None:
+    rows = workload(seed=seed, n=40_000, producers=5_000)
+    table = build_sketches(rows, SMALL)
+    sketches = by_key(table)
+    distinct = exact(rows, "SELECT category, shard, hour, count(DISTINCT producer_id) FROM r GROUP BY ALL")
+    estimating = 0
+    for c, s, h, n in distinct:
+        hll = ds.hll_sketch.deserialize(sketches[(c, s, h)]["hll"])  # type: ignore[index]
+        estimating += n > 2**SMALL.hll_lg_k  # type: ignore[operator]
+        assert hll.get_lower_bound(3) <= n <= hll.get_upper_bound(3), (c, s, h)
+    assert estimating > 0
+    assert check_frequent_bounds(table, rows) > 0
+
+    values = {
+        key: np.sort(np.array(v))
+        for *key_, v in exact(rows, "SELECT category, shard, hour, list(value) FROM r GROUP BY ALL")
+        for key in [tuple(key_)]
+    }
+    for key, sorted_values in values.items():
+        kll = ds.kll_doubles_sketch.deserialize(sketches[key]["kll"])  # type: ignore[index]
+        assert kll.n == len(sorted_values)
+        assert kll.get_min_value() == sorted_values[0] and kll.get_max_value() == sorted_values[-1]
+        eps = kll.normalized_rank_error(False)
+        for q in (0.1, 0.5, 0.9):
+            v = kll.get_quantile(q, True)
+            lo = np.searchsorted(sorted_values, v, "left") / len(sorted_values)
+            hi = np.searchsorted(sorted_values, v, "right") / len(sorted_values)
+            # 2x the 99 %-confidence bound: KLL compaction is randomised, so the test must not
+            # flake, yet a wrong quantile (or a sketch of the wrong rows) still lands far outside.
+            assert lo - 2 * eps <= q <= hi + 2 * eps, (key, q)
+
+
+def test_hour_is_floored_also_before_1970() -> None:
+    ts = [-1, 0, HOUR_NS - 1, HOUR_NS, -HOUR_NS, -HOUR_NS - 1]
+    rows = pa.table(
+        {
+            "timestamp": pa.array(ts, pa.int64()),
+            "category": ["c"] * len(ts),
+            "value": pa.array(range(len(ts)), pa.int64()),
+            "producer_id": ["p"] * len(ts),
+            "shard": pa.array([0] * len(ts), pa.uint16()),
+            "batch_id": pa.array([0] * len(ts), pa.int64()),
+        },
+        schema=STORED_SCHEMA,
+    )
+    table = build_sketches(rows)
+    assert table["hour"].to_pylist() == [-2 * HOUR_NS, -HOUR_NS, 0, HOUR_NS]
+    assert table["n"].to_pylist() == [1, 2, 2, 1]
+
+
+def test_merging_two_halves_matches_sketching_the_whole() -> None:
+    rows = workload(seed=4, n=30_000, producers=4_000)
+    whole = build_sketches(rows, SMALL)
+    merged = merge_sketch_tables(
+        [build_sketches(rows.slice(0, 13_000), SMALL), build_sketches(rows.slice(13_000), SMALL)], SMALL
+    )
+    assert merged.schema == SKETCH_SCHEMA
+    assert merged.select(["category", "shard", "hour", "n"]) == whole.select(
+        ["category", "shard", "hour", "n"]
+    )
+    assert check_frequent_bounds(merged, rows) > 0
+    distinct = {
+        (c, s, h): n
+        for c, s, h, n in exact(
+            rows, "SELECT category, shard, hour, count(DISTINCT producer_id) FROM r GROUP BY ALL"
+        )
+    }
+    whole_rows = by_key(whole)
+    for key, row in by_key(merged).items():
+        m = ds.hll_sketch.deserialize(row["hll"])
+        w = ds.hll_sketch.deserialize(whole_rows[key]["hll"])
+        assert m.get_lower_bound(3) <= distinct[key] <= m.get_upper_bound(3), key
+        assert m.get_lower_bound(3) <= w.get_estimate() <= m.get_upper_bound(3), key
+        mk = ds.kll_doubles_sketch.deserialize(row["kll"])
+        wk = ds.kll_doubles_sketch.deserialize(whole_rows[key]["kll"])
+        assert (mk.n, mk.get_min_value(), mk.get_max_value()) == (
+            wk.n,
+            wk.get_min_value(),
+            wk.get_max_value(),
+        )
+
+
+def test_merge_passes_lone_keys_through_and_is_stable() -> None:
+    rows = workload(seed=5, n=5_000)
+    table = build_sketches(rows, SMALL)
+    assert merge_sketch_tables([table], SMALL) == table
+    # Shuffled input comes back sorted by key, byte for byte.
+    shuffled = table.take(pa.array(np.random.default_rng(0).permutation(table.num_rows)))
+    assert merge_sketch_tables([shuffled.slice(0, 7), shuffled.slice(7)], SMALL) == table
+
+
+def test_builds_do_not_depend_on_row_order() -> None:
+    rows = workload(seed=6, n=20_000, producers=5_000)
+    a = build_sketches(rows, SMALL)
+    b = build_sketches(rows.take(pa.array(np.arange(20_000)[::-1])), SMALL)
+    # KLL compaction is randomised by design, so only the other columns are byte-identical.
+    assert a.drop_columns(["kll"]) == b.drop_columns(["kll"])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    events=st.lists(
+        st.tuples(
+            st.integers(-2 * HOUR_NS, 3 * HOUR_NS),
+            st.sampled_from(["a", "b"]),
+            st.integers(-(2**53), 2**53),
+            st.sampled_from([f"p{i}" for i in range(8)] + ["é" * 128]),
+        ),
+        min_size=1,
+        max_size=150,
+    ),
+    cuts=st.lists(st.integers(0, 150), max_size=4),
+)
+def test_merge_of_any_split_equals_whole_on_small_inputs(
+    events: list[tuple[int, str, int, str]], cuts: list[int]
+) -> None:
+    ts, cats, values, producers = (list(c) for c in zip(*events, strict=True))
+    rows = pa.table(
+        {
+            "timestamp": pa.array(ts, pa.int64()),
+            "category": cats,
+            "value": pa.array(values, pa.int64()),
+            "producer_id": producers,
+            "shard": ShardHasher(2)(pa.array(producers)),
+            "batch_id": pa.array([0] * len(ts), pa.int64()),
+        },
+        schema=STORED_SCHEMA,
+    )
+    bounds = sorted({min(c, rows.num_rows) for c in cuts} | {0, rows.num_rows})
+    parts = [build_sketches(rows.slice(a, b - a)) for a, b in itertools.pairwise(bounds)]
+    whole = build_sketches(rows)
+    merged = merge_sketch_tables(parts)
+    keys = ["category", "shard", "hour", "n"]
+    assert merged.select(keys) == whole.select(keys)
+    counts = producer_counts(rows)
+    values_by_key = {
+        tuple(k): v for *k, v in exact(rows, "SELECT category, shard, hour, list(value) FROM r GROUP BY ALL")
+    }
+    for table in (whole, merged):
+        for key, row in by_key(table).items():
+            # Below capacity every sketch is exact.
+            fi = ds.frequent_strings_sketch.deserialize(row["frequent"])
+            assert {i[0]: i[1] for i in fi.get_frequent_items(ds.NO_FALSE_NEGATIVES)} == counts[key]
+            hll = ds.hll_sketch.deserialize(row["hll"])
+            assert round(hll.get_estimate()) == len(counts[key])
+            kll = ds.kll_doubles_sketch.deserialize(row["kll"])
+            got = sorted(kll.get_quantiles([i / kll.n for i in range(1, kll.n + 1)], True))
+            assert got == sorted(float(v) for v in values_by_key[key])
+
+
+@pytest.mark.parametrize("n", [1_000, 30_000, 120_000])
+def test_serialized_sizes_are_bounded_by_the_config(n: int) -> None:
+    rng = np.random.default_rng(n)
+    # Longest allowed producer ids, all distinct-ish, in one group: the worst case for every sketch.
+    ids = pa.array([f"{i:0256d}" for i in rng.integers(0, 10**9, n)])
+    rows = pa.table(
+        {
+            "timestamp": pa.array(np.full(n, T0), pa.int64()),
+            "category": ["c"] * n,
+            "value": pa.array(rng.integers(-(2**62), 2**62, n), pa.int64()),
+            "producer_id": ids,
+            "shard": pa.array(np.zeros(n), pa.uint16()),
+            "batch_id": pa.array(np.zeros(n), pa.int64()),
+        },
+        schema=STORED_SCHEMA,
+    )
+    limits = SMALL.max_bytes()
+    built = build_sketches(rows, SMALL)
+    # Sketches of a larger config are down-sampled to the merging config's bound.
+    big = build_sketches(rows, SketchConfig(hll_lg_k=14, frequent_lg_max_k=8, kll_k=400))
+    merged = merge_sketch_tables([big, built], SMALL)
+    for table in (built, merged):
+        for column, limit in limits.items():
+            assert len(table[column][0].as_py()) <= limit, column
+    assert ds.frequent_strings_sketch.deserialize(merged["frequent"][0].as_py()).num_active_items <= 12
+    assert merged["n"].to_pylist() == [2 * n]
+
+
+def test_default_bounds_are_a_few_kilobytes() -> None:
+    assert SketchConfig().max_bytes()["hll"] < 3_000
+    assert SketchConfig().max_bytes()["kll"] < 10_000
+
+
+def test_empty_inputs() -> None:
+    assert build_sketches(STORED_SCHEMA.empty_table()) == SKETCH_SCHEMA.empty_table()
+    assert merge_sketch_tables([]) == SKETCH_SCHEMA.empty_table()
+    assert merge_sketch_tables([SKETCH_SCHEMA.empty_table()]) == SKETCH_SCHEMA.empty_table()
+
+
+def test_corrupt_sketch_is_a_storage_error() -> None:
+    table = build_sketches(workload(seed=7, n=100, categories=1, hours=1, shards=1))
+    bad = table.set_column(5, "frequent", pa.array([b"\x00garbage"], pa.binary()))
+    with pytest.raises(StorageError, match="cannot be read"):
+        merge_sketch_tables([table, bad])
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"hll_lg_k": 6}, {"hll_lg_k": 22}, {"frequent_lg_max_k": 2}, {"kll_k": 7}]
+)
+def test_config_rejects_out_of_range_sizes(kwargs: dict[str, int]) -> None:
+    with pytest.raises(ValueError):
+        SketchConfig(**kwargs)
