@@ -1,0 +1,215 @@
+"""Tributary through its HTTP API: concurrent ingest clients and the query runner.
+
+Ingest: the workload's Parquet row groups are cut into batches (``plan``); a pool of spawned
+client processes each reads its batches, encodes them (Arrow IPC stream, JSON array or NDJSON)
+and posts them to ``POST /v1/events`` with an ``Idempotency-Key``, honouring ``Retry-After`` on
+429/503. The clock starts once every client process is up, so interpreter start-up is not
+counted; reading and encoding are (they are what a real producer pays). Every batch must answer
+``accepted == rows`` and ``duplicate == false``, or the run aborts.
+
+Queries: one keep-alive client, sequential, wall time per request including JSON decoding.
+An error answer or a ``partial`` one is recorded as the answer, so it shows up as a mismatch
+against the peers instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bench.queries import TOPK, Answer, Query
+from storage.schema import EVENT_SCHEMA
+
+__all__ = ["FORMATS", "Batch", "ClientPool", "IngestResult", "encode", "plan", "run_queries"]
+
+FORMATS = {
+    "arrow": "application/vnd.apache.arrow.stream",
+    "json": "application/json",
+    "ndjson": "application/x-ndjson",
+}
+RETRY_DEADLINE_S = 300.0
+WARMUP_QUERIES = 10
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One HTTP request: some row groups of one Parquet chunk."""
+
+    path: Path
+    row_groups: tuple[int, ...]
+    rows: int
+    key: str
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    fmt: str
+    events: int
+    batches: int
+    seconds: float
+    body_bytes: int
+    retries: int
+    clients: int
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+def plan(paths: list[Path], first_row: int, rows: int, batch_rows: int, label: str) -> list[Batch]:
+    """Batches covering workload rows ``[first_row, first_row + rows)`` in order.
+
+    Row groups are never split and batches never cross chunk files, so ``first_row``, ``rows``
+    and ``batch_rows`` should be multiples of the row-group size.
+    """
+    out: list[Batch] = []
+    row = 0
+    end = first_row + rows
+    for path in paths:
+        meta = pq.ParquetFile(path).metadata
+        groups: list[int] = []
+        size = 0
+        for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            if first_row <= row < end:
+                groups.append(g)
+                size += n
+                if size >= batch_rows:
+                    out.append(Batch(path, tuple(groups), size, f"{label}-{path.stem}-{groups[0]}"))
+                    groups, size = [], 0
+            row += n
+        if groups:
+            out.append(Batch(path, tuple(groups), size, f"{label}-{path.stem}-{groups[0]}"))
+    return out
+
+
+# --- client processes -------------------------------------------------------------------------
+
+_client: httpx.Client | None = None
+_files: dict[Path, pq.ParquetFile] = {}
+
+
+def _init_client(url: str) -> None:
+    global _client
+    _client = httpx.Client(base_url=url, timeout=httpx.Timeout(120.0, connect=10.0))
+
+
+def _ready(_: int) -> bool:
+    time.sleep(0.05)  # long enough that the tiny tasks spread over every worker
+    return True
+
+
+def encode(table: pa.Table, fmt: str) -> bytes:
+    """The request body for ``table`` in ``fmt`` (vectorised: Arrow IPC or Polars' JSON writers)."""
+    if fmt == "arrow":
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, EVENT_SCHEMA) as writer:
+            writer.write_table(table)
+        return bytes(sink.getvalue().to_pybytes())
+    import polars as pl
+
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    text = frame.write_json() if fmt == "json" else frame.write_ndjson()
+    return text.encode()
+
+
+def _post(args: tuple[Batch, str]) -> tuple[int, int, int]:
+    """Posts one batch; returns (rows, body bytes, retries). Raises on any refusal."""
+    batch, fmt = args
+    assert _client is not None
+    pf = _files.get(batch.path)
+    if pf is None:
+        _files.clear()  # one open chunk per client is enough: batches arrive chunk by chunk
+        pf = _files[batch.path] = pq.ParquetFile(batch.path)
+    table = pf.read_row_groups(list(batch.row_groups)).cast(EVENT_SCHEMA).combine_chunks()
+    body = encode(table, fmt)
+    headers = {"Content-Type": FORMATS[fmt], "Idempotency-Key": batch.key}
+    retries = 0
+    deadline = time.monotonic() + RETRY_DEADLINE_S
+    while True:
+        response = _client.post("/v1/events", content=body, headers=headers)
+        if response.status_code in (429, 503) and time.monotonic() < deadline:
+            retries += 1
+            time.sleep(min(float(response.headers.get("Retry-After", "0.1") or 0.1), 5.0))
+            continue
+        break
+    if not response.is_success:
+        raise RuntimeError(f"{batch.key}: HTTP {response.status_code}: {response.text[:500]}")
+    answer = response.json()
+    if answer.get("accepted") != batch.rows or answer.get("duplicate"):
+        raise RuntimeError(f"{batch.key}: sent {batch.rows} rows, server answered {answer}")
+    return batch.rows, len(body), retries
+
+
+class ClientPool:
+    """``clients`` spawned ingest processes, started once and reused for every format.
+
+    ``with ClientPool(url, 3) as pool: pool.ingest(batches, "arrow")``.
+    """
+
+    def __init__(self, url: str, clients: int) -> None:
+        self.clients = clients
+        self._pool = multiprocessing.get_context("spawn").Pool(
+            clients, initializer=_init_client, initargs=(url,)
+        )
+        self._pool.map(_ready, range(clients * 4), chunksize=1)  # every worker imported
+
+    def ingest(self, batches: list[Batch], fmt: str) -> IngestResult:
+        """Posts every batch; the clock covers reading, encoding and posting, not process start."""
+        t0 = time.perf_counter()
+        events = body_bytes = retries = 0
+        jobs = [(b, fmt) for b in batches]
+        for rows, size, tries in self._pool.imap_unordered(_post, jobs, chunksize=1):
+            events += rows
+            body_bytes += size
+            retries += tries
+        seconds = time.perf_counter() - t0
+        return IngestResult(fmt, events, len(batches), seconds, body_bytes, retries, self.clients)
+
+    def close(self) -> None:
+        self._pool.terminate()
+        self._pool.join()
+
+    def __enter__(self) -> ClientPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- queries ----------------------------------------------------------------------------------
+
+
+def _answer(client: httpx.Client, q: Query) -> Answer:
+    params: dict[str, str | int] = {"category": q.category, "start": q.start, "end": q.end}
+    if q.kind == "topk":
+        params["k"] = TOPK
+    response = client.get(f"/v1/{q.kind}", params=params)
+    if response.status_code != 200:
+        return f"HTTP {response.status_code}: {response.text[:300]}"
+    body = response.json()
+    if body.get("partial"):
+        return f"partial answer, missing shards {body.get('missing_shards')}"
+    if q.kind == "topk":
+        return tuple((str(p["producer_id"]), int(p["count"])) for p in body["producers"])
+    return int(body["value"])
+
+
+def run_queries(url: str, queries: list[Query]) -> tuple[list[Answer], list[float]]:
+    """Answers and wall latencies (ms) for every query, after ``WARMUP_QUERIES`` unmeasured."""
+    with httpx.Client(base_url=url, timeout=60.0) as client:
+        for q in queries[:WARMUP_QUERIES]:
+            _answer(client, q)
+        answers, latencies = [], []
+        for q in queries:
+            t0 = time.perf_counter()
+            answers.append(_answer(client, q))
+            latencies.append((time.perf_counter() - t0) * 1000)
+    return answers, latencies

@@ -1,0 +1,192 @@
+"""``just bench``: workload W20 through Tributary's HTTP API, beside DuckDB and chdb, in one run.
+
+    uv run python -m bench.run                      # the full W20 (20M events)
+    uv run python -m bench.run --events 1000000     # quick mode, a few minutes
+
+Steps: generate (or reuse) the workload; draw the queries; load and query each peer in its own
+process and check that the peers agree on every answer (they are each other's oracle: the run
+aborts on any disagreement); start ``tributary serve`` on a fresh data directory, ingest a JSON
+slice, an NDJSON slice and the rest as Arrow IPC (every event exactly once, so the server holds
+the same events as the peers), run the same queries and compare with the peers; then write the
+section of ``bench/RESULTS.md`` and the chart. Exit status 1 if Tributary answered wrongly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from bench import loader
+from bench.peers import PEERS, PeerResult, run_peer_isolated
+from bench.queries import Query, compare, latency_cells, make_queries
+from bench.report import RunReport, TributaryReport, chart, render, update_results
+from bench.server import DEFAULT_COMMAND, RssSampler, ServerProcess, disk_usage
+from bench.workload import Workload, chunk_paths, ensure
+
+__all__ = ["main"]
+
+BENCH_DIR = Path(__file__).resolve().parent
+OUT_DIR = BENCH_DIR / "out"
+DEFAULT_EVENTS = Workload().events
+
+
+def _log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench.run", description=__doc__.split("\n")[0])
+    p.add_argument("--events", type=int, default=DEFAULT_EVENTS, help="workload size (default 20M)")
+    p.add_argument("--seed", type=int, default=1, help="workload and query seed")
+    p.add_argument("--queries", type=int, default=50, help="queries per (kind, range) cell")
+    p.add_argument("--clients", type=int, default=3, help="concurrent ingest client processes")
+    p.add_argument(
+        "--text-events",
+        type=int,
+        default=2_000_000,
+        help="events ingested as JSON, and again as many as NDJSON (capped at events/5)",
+    )
+    p.add_argument("--skip-tributary", action="store_true", help="peers only")
+    p.add_argument("--skip-chdb", action="store_true", help="no chdb peer")
+    p.add_argument(
+        "--server-cmd",
+        default=DEFAULT_COMMAND,
+        help="server command; {port} and {data} are filled in (default: %(default)s)",
+    )
+    p.add_argument("--results", type=Path, default=BENCH_DIR / "RESULTS.md", help="Markdown file to update")
+    return p.parse_args(argv)
+
+
+def _run_peers(
+    workload: Workload, data: Path, queries: list[Query], names: list[str]
+) -> dict[str, PeerResult]:
+    results: dict[str, PeerResult] = {}
+    for name in names:
+        _log(f"peer {name}: loading {workload.events:,} events and running {len(queries)} queries")
+        results[name] = r = run_peer_isolated(name, data, OUT_DIR / workload.name / "peers" / name, queries)
+        _log(f"peer {name}: loaded in {r.load_s:.1f}s, {r.disk_bytes / r.events:.1f} B/event on disk")
+        if r.events != workload.events:
+            raise SystemExit(f"BENCH ABORTED: {name} loaded {r.events} events, expected {workload.events}")
+    names = list(results)
+    for other in names[1:]:
+        bad = compare(queries, results[names[0]].answers, results[other].answers)
+        if bad:
+            details = "\n".join(f"  {m.query}: {names[0]}={m.expected!r} {other}={m.got!r}" for m in bad[:10])
+            raise SystemExit(
+                f"BENCH ABORTED: {other} disagrees with {names[0]} on {len(bad)} queries:\n{details}"
+            )
+    return results
+
+
+def _slices(workload: Workload, text_events: int) -> list[tuple[str, int, int, int]]:
+    """(format, first row, rows, batch rows): a JSON slice, an NDJSON slice, the rest as Arrow."""
+    group = workload.row_group_rows
+    text = min(text_events, workload.events // 5) // group * group
+    return [
+        ("json", 0, text, group),
+        ("ndjson", text, text, group),
+        ("arrow", 2 * text, workload.events - 2 * text, 2 * group),
+    ]
+
+
+def _run_tributary(
+    workload: Workload, data: Path, queries: list[Query], expected: list[object], args: argparse.Namespace
+) -> TributaryReport:
+    data_dir = OUT_DIR / workload.name / "tributary-data"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    paths = chunk_paths(data)
+    server = ServerProcess(data_dir, command=args.server_cmd)
+    _log(f"tributary: starting `{args.server_cmd.format(port=server.port, data=data_dir)}`")
+    server.start()
+    assert server.proc is not None
+    sampler = RssSampler(server.proc.pid)
+    sampler.start()
+    try:
+        sampler.enter("ingest")
+        ingest = {}
+        with loader.ClientPool(server.url, args.clients) as clients:
+            for fmt, first, rows, batch_rows in _slices(workload, args.text_events):
+                if rows <= 0:
+                    continue
+                batches = loader.plan(paths, first, rows, batch_rows, f"{workload.name}-{fmt}")
+                ingest[fmt] = result = clients.ingest(batches, fmt)
+                _log(
+                    f"tributary: {fmt} ingest {result.events:,} events in {result.seconds:.2f}s = "
+                    f"{result.events_per_s / 1e6:.2f}M events/s ({result.retries} retries)"
+                )
+        stats = _stats(server.url)
+        sampler.enter("queries")
+        answers, latencies = loader.run_queries(server.url, queries)
+        mismatches = compare(queries, expected, answers)
+        _log(f"tributary: {len(queries)} queries, {len(mismatches)} mismatches against the peers")
+        disk_running = disk_usage(data_dir)
+        sampler.enter("stop")
+    finally:
+        code = server.stop()
+        peaks = sampler.close()
+    mib = {phase: rss >> 20 for phase, rss in peaks.items()}
+    _log(f"tributary: stopped with exit code {code}; RSS peaks in MiB {mib}")
+    peaks.pop("stop", None)  # shutdown (a final persist) is neither loading nor serving
+    return TributaryReport(
+        ingest=ingest,
+        cells=latency_cells(queries, latencies),
+        rss_peaks=peaks,
+        disk_running=disk_running,
+        disk_stopped=disk_usage(data_dir),
+        events=workload.events,
+        mismatches=mismatches,
+        queries=len(queries),
+        stats=stats,
+    )
+
+
+def _stats(url: str) -> dict[str, object] | None:
+    try:
+        response = httpx.get(f"{url}/v1/stats", timeout=10.0)
+    except httpx.HTTPError:
+        return None
+    return dict(response.json()) if response.status_code == 200 else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    workload = Workload(events=args.events, seed=args.seed)
+    t0 = time.perf_counter()
+    data = ensure(workload)
+    _log(f"workload {workload.name} ready in {time.perf_counter() - t0:.1f}s at {data}")
+    queries = make_queries(workload, args.queries, args.seed)
+    names = [p for p in PEERS if not (args.skip_chdb and p == "chdb")]
+    peers = _run_peers(workload, data, queries, names)
+    _log(f"peers agree on all {len(queries)} answers")
+    expected = peers[names[0]].answers
+    tributary = None if args.skip_tributary else _run_tributary(workload, data, queries, expected, args)
+    is_default = workload.events == DEFAULT_EVENTS and args.seed == 1
+    chart_path = BENCH_DIR / "latency.png" if is_default else OUT_DIR / f"latency-{workload.name}.png"
+    report = RunReport(
+        name=workload.name,
+        events=workload.events,
+        seed=args.seed,
+        command="uv run python -m bench.run " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        queries_per_cell=args.queries,
+        peers=peers,
+        peer_cells={n: latency_cells(queries, r.latencies_ms) for n, r in peers.items()},
+        tributary=tributary,
+        chart_path=chart_path.relative_to(BENCH_DIR.parent),
+    )
+    chart(chart_path, report)
+    update_results(args.results, workload.name, render(report))
+    _log(f"wrote {args.results} and {chart_path}")
+    if tributary and tributary.mismatches:
+        _log(f"TRIBUTARY ANSWERED {len(tributary.mismatches)} QUERIES WRONGLY; see {args.results}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
