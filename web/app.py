@@ -1,0 +1,146 @@
+"""The HTTP face of one node: routes, status codes and problem details; no logic of its own.
+
+Build with ``create_app(node, settings)``; the CLI serves it with uvicorn. Blocking work
+(decoding, waiting for the WAL fsync, DuckDB) runs in worker threads so the event loop keeps
+answering ``/health`` while a long query runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import anyio
+import xxhash
+from litestar import Litestar, Request, Response, get, post
+from litestar.openapi import OpenAPIConfig
+
+from cluster.node import Node
+from ingest.decode import decode_events
+from ingest.errors import Overloaded
+from query.engine import Aggregate
+from query.errors import InvalidQuery
+from query.timerange import parse_range
+from web.problem import problem_handlers
+from web.settings import Settings
+
+__all__ = ["create_app"]
+
+
+def _now_ns() -> int:
+    return time.time_ns()
+
+
+def _took(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 3)
+
+
+def create_app(node: Node, settings: Settings) -> Litestar:
+    decode_config = settings.decode_config()
+    ingest_slots = asyncio.Semaphore(settings.max_concurrent_ingest)
+
+    def _ingest_sync(body: bytes, ctype: str | None, cenc: str | None, key: str | None) -> dict[str, Any]:
+        events = decode_events(body, ctype, cenc, now_ns=_now_ns(), config=decode_config)
+        fp = xxhash.xxh64_intdigest(body)
+        res = node.ingest(events, key=key, fingerprint=fp)
+        return {"accepted": res.accepted, "duplicate": res.duplicate}
+
+    @post("/v1/events", status_code=200, summary="Ingest a batch of events")
+    async def ingest_events(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        """Stores the batch atomically; answers only once it is durable in the write-ahead log.
+
+        Bodies: JSON array, NDJSON, or Arrow IPC stream; optional gzip/zstd Content-Encoding;
+        optional Idempotency-Key (a replay answers the first answer with duplicate=true).
+        """
+        if ingest_slots.locked():
+            raise Overloaded("too many concurrent ingest requests", retry_after=1)
+        async with ingest_slots:
+            body = await request.body()
+            key = request.headers.get("idempotency-key") or None
+            if key is not None and len(key) > 256:
+                raise InvalidQuery("Idempotency-Key is longer than 256 characters")
+            return await anyio.to_thread.run_sync(
+                _ingest_sync,
+                body,
+                request.headers.get("content-type"),
+                request.headers.get("content-encoding"),
+                key,
+            )
+
+    def _range(category: str, start: str, end: str) -> tuple[int, int]:
+        if not category:
+            raise InvalidQuery("category is required")
+        return parse_range(start, end, now_ns=_now_ns())
+
+    def _aggregate(category: str, start: str, end: str, strict: bool) -> tuple[Any, float]:
+        t0 = time.perf_counter()
+        s, e = _range(category, start, end)
+        ans = node.aggregate(category, s, e)
+        return ans, _took(t0)
+
+    def _shape(ans: Any, value: Any, took: float) -> dict[str, Any]:
+        return {
+            "value": value,
+            "partial": ans.partial,
+            "missing_shards": list(ans.missing_shards),
+            "took_ms": took,
+        }
+
+    @get("/v1/count", sync_to_thread=True, summary="Count events of a category in [start, end)")
+    def count(category: str, start: str, end: str, strict: bool = False) -> dict[str, Any]:
+        ans, took = _aggregate(category, start, end, strict)
+        agg: Aggregate = ans.value
+        return _shape(ans, agg.count, took)
+
+    @get("/v1/sum", sync_to_thread=True, summary="Sum of value for a category in [start, end)")
+    def sum_(category: str, start: str, end: str, strict: bool = False) -> dict[str, Any]:
+        ans, took = _aggregate(category, start, end, strict)
+        agg: Aggregate = ans.value
+        return _shape(ans, agg.sum, took)
+
+    @get("/v1/topk", sync_to_thread=True, summary="The k producers with the most events")
+    def topk(category: str, start: str, end: str, k: int = 10, strict: bool = False) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        s, e = _range(category, start, end)
+        ans = node.topk(category, s, e, k)
+        return {
+            "producers": [{"producer_id": t.producer_id, "count": t.count} for t in ans.value],
+            "partial": ans.partial,
+            "missing_shards": list(ans.missing_shards),
+            "took_ms": _took(t0),
+        }
+
+    @get("/health", summary="Liveness")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "node_id": settings.node_id}
+
+    @get("/ready", summary="Readiness: recovery is done and the node takes traffic")
+    async def ready() -> dict[str, Any]:
+        return {"status": "ready", "node_id": settings.node_id}
+
+    @get("/v1/stats", sync_to_thread=False, summary="Counters for the dashboard")
+    def stats() -> dict[str, Any]:
+        return node.stats()
+
+    @post("/v1/admin/persist", status_code=200, sync_to_thread=True, summary="Persist the live buffer now")
+    def admin_persist() -> dict[str, Any]:
+        return {"rows_persisted": node.persist_now()}
+
+    @post("/v1/admin/compact", status_code=200, sync_to_thread=True, summary="Compact every hour now")
+    def admin_compact() -> dict[str, Any]:
+        return {"hours_compacted": node.compact_now(force=True)}
+
+    def _on_shutdown() -> None:
+        node.close()
+
+    return Litestar(
+        route_handlers=[ingest_events, count, sum_, topk, health, ready, stats, admin_persist, admin_compact],
+        exception_handlers=problem_handlers(),
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="Tributary", version="1", path="/schema"),
+        on_shutdown=[_on_shutdown],
+    )
+
+
+_ = Response

@@ -1,0 +1,258 @@
+"""The ``tributary`` command: serve a node, generate load, ask questions.
+
+Every ``serve`` flag has a ``TRIBUTARY_<NAME>`` environment twin; ``--help`` documents each.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="Tributary: durable event aggregation with exact range analytics.", no_args_is_help=True
+)
+query_app = typer.Typer(help="Ask a node count / sum / top-k questions.", no_args_is_help=True)
+app.add_typer(query_app, name="query")
+console = Console(stderr=True)
+
+
+def _opt(help: str, env: str, **kw: Any) -> Any:
+    return typer.Option(help=help, envvar=f"TRIBUTARY_{env}", show_default=True, **kw)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, _opt("Address to listen on.", "HOST")] = "127.0.0.1",
+    port: Annotated[int, _opt("Port to listen on.", "PORT")] = 8321,
+    data: Annotated[Path, _opt("Data directory (WAL, partitions, manifest).", "DATA")] = Path("./data"),
+    node_id: Annotated[str, _opt("This node's id in the cluster.", "NODE_ID")] = "n1",
+    peers: Annotated[str, _opt("Cluster members: n1=http://h1:8321,n2=http://h2:8321.", "PEERS")] = "",
+    rf: Annotated[int, _opt("Replication factor (cluster).", "RF")] = 2,
+    shards: Annotated[int, _opt("Shard count, fixed at cluster creation.", "SHARDS")] = 256,
+    fsync: Annotated[
+        bool, _opt("fsync the WAL before acknowledging (turn off only for tests).", "FSYNC")
+    ] = True,
+    max_body_bytes: Annotated[int, _opt("Largest ingest body accepted, bytes.", "MAX_BODY_BYTES")] = 64 << 20,
+    max_rows: Annotated[int, _opt("Most events in one batch.", "MAX_ROWS")] = 1_000_000,
+    max_future_s: Annotated[
+        float, _opt("How far ahead of now a timestamp may be, s.", "MAX_FUTURE_S")
+    ] = 86_400.0,
+    retention_s: Annotated[float, _opt("Keep data this long, s (0 = forever).", "RETENTION_S")] = 0.0,
+    max_buffer_bytes: Annotated[
+        int, _opt("Live buffer cap; beyond it ingest answers 503.", "MAX_BUFFER_BYTES")
+    ] = 256 << 20,
+    persist_bytes: Annotated[int, _opt("Persist the buffer at this size, bytes.", "PERSIST_BYTES")] = 64
+    << 20,
+    persist_interval_s: Annotated[
+        float, _opt("Persist the buffer at this age, s.", "PERSIST_INTERVAL_S")
+    ] = 10.0,
+    compact_min_parts: Annotated[int, _opt("Compact an hour with this many parts.", "COMPACT_MIN_PARTS")] = 4,
+    idempotency_window_s: Annotated[
+        float, _opt("How long Idempotency-Keys are remembered, s.", "IDEMPOTENCY_WINDOW_S")
+    ] = 3600.0,
+    idempotency_max_keys: Annotated[
+        int, _opt("Most Idempotency-Keys remembered.", "IDEMPOTENCY_MAX_KEYS")
+    ] = 500_000,
+    max_concurrent_ingest: Annotated[
+        int, _opt("Concurrent ingest requests; beyond, 503.", "MAX_CONCURRENT_INGEST")
+    ] = 64,
+    query_timeout_s: Annotated[
+        float, _opt("Time limit of a count/sum/top-k query, s.", "QUERY_TIMEOUT_S")
+    ] = 30.0,
+    sql_timeout_s: Annotated[float, _opt("Time limit of a SQL query, s.", "SQL_TIMEOUT_S")] = 10.0,
+    sql_memory_limit: Annotated[str, _opt("Memory limit of a SQL query.", "SQL_MEMORY_LIMIT")] = "512MB",
+    sql_max_rows: Annotated[int, _opt("Rows returned by a JSON SQL answer.", "SQL_MAX_ROWS")] = 10_000,
+    log_format: Annotated[str, _opt("auto | json | console.", "LOG_FORMAT")] = "auto",
+) -> None:
+    """Run one node (a cluster of one unless --peers is given)."""
+    import uvicorn
+
+    from cluster.node import Node
+    from web.app import create_app
+    from web.logging import configure_logging
+    from web.settings import Settings
+
+    settings = Settings(**{k: v for k, v in locals().items() if k in Settings.__dataclass_fields__})
+    configure_logging(settings.log_format)
+    node = Node(settings.node_config())
+    application = create_app(node, settings)
+    console.print(f"[bold green]tributary[/] node {node_id} on http://{host}:{port}  data={data}")
+    uvicorn.run(application, host=host, port=port, log_level="warning", timeout_keep_alive=30)
+
+
+@app.command()
+def load(
+    url: Annotated[
+        list[str], typer.Option(help="Node URL(s); repeat for failover.", envvar="TRIBUTARY_URL")
+    ] = [  # noqa: B006
+        "http://127.0.0.1:8321"
+    ],
+    events: Annotated[int, typer.Option(help="Events to send in all (0 = until Ctrl-C).")] = 100_000,
+    rate: Annotated[float, typer.Option(help="Events per second (0 = as fast as possible).")] = 0.0,
+    producers: Annotated[int, typer.Option(help="Distinct producers (Zipf popularity).")] = 10_000,
+    categories: Annotated[int, typer.Option(help="Distinct categories.")] = 20,
+    zipf: Annotated[float, typer.Option(help="Zipf exponent of producer popularity.")] = 1.1,
+    format: Annotated[str, typer.Option(help="arrow | json.")] = "arrow",
+    batch: Annotated[int, typer.Option(help="Events per request.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed sends the same events.")] = 42,
+    start: Annotated[str, typer.Option(help="First timestamp (RFC 3339, ns, or 'now').")] = "now",
+    span_s: Annotated[
+        float, typer.Option(help="Spread timestamps over this many seconds (0 = real time).")
+    ] = 0.0,
+    token: Annotated[str, typer.Option(help="Bearer token.", envvar="TRIBUTARY_TOKEN")] = "",
+) -> None:
+    """Send a seeded synthetic workload through the producer client, with a progress bar."""
+    from ingest.client import Producer
+    from query.timerange import parse_time
+    from web.workload import Workload, WorkloadConfig
+
+    wl = Workload(WorkloadConfig(producers=producers, categories=categories, zipf_s=zipf, seed=seed))
+    t_start = parse_time(start, now_ns=time.time_ns(), name="start")
+    total = events if events > 0 else 2**62
+    sent = 0
+    t0 = time.perf_counter()
+    with (
+        Producer(
+            url,
+            token or None,
+            batch_events=batch,
+            batch_bytes=64 << 20,
+            format=format,
+            linger_s=0.2,
+            queue_max_events=max(batch * 8, 100_000),
+        ) as producer,
+        Progress(
+            TextColumn("[bold]load"),
+            BarColumn(),
+            TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+            TextColumn("[cyan]{task.fields[rate]:,.0f} ev/s"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress,
+    ):
+        task = progress.add_task("load", total=events if events > 0 else None, rate=0.0)
+        try:
+            while sent < total:
+                n = min(batch, total - sent)
+                if span_s > 0:
+                    lo = t_start + int(span_s * 1e9 * sent / max(total, 1))
+                    hi = t_start + int(span_s * 1e9 * (sent + n) / max(total, 1))
+                else:
+                    lo = time.time_ns() - 1_000_000_000
+                    hi = time.time_ns()
+                producer.send_many(wl.batch(n, lo, max(hi, lo + 1)))
+                sent += n
+                elapsed = time.perf_counter() - t0
+                progress.update(task, completed=sent, rate=sent / max(elapsed, 1e-9))
+                if rate > 0:
+                    ahead = sent / rate - elapsed
+                    if ahead > 0:
+                        time.sleep(ahead)
+        except KeyboardInterrupt:
+            pass
+        producer.flush()
+        st = producer.stats
+    elapsed = time.perf_counter() - t0
+    console.print(
+        f"sent {st.sent:,} acknowledged {st.acknowledged:,} retried {st.retried:,} failed {st.failed:,} "
+        f"in {elapsed:.1f}s ({st.acknowledged / max(elapsed, 1e-9):,.0f} ev/s)"
+    )
+    if st.failed:
+        raise typer.Exit(1)
+
+
+def _get(url: str, path: str, params: dict[str, Any], token: str) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    r = httpx.get(url.rstrip("/") + path, params=params, headers=headers, timeout=60)
+    body: dict[str, Any] = r.json()
+    if r.status_code >= 400:
+        console.print(f"[red]{r.status_code}[/] {body.get('title')}: {body.get('detail')}")
+        raise typer.Exit(1)
+    return body
+
+
+def _query(
+    kind: str, url: str, category: str, start: str, end: str, k: int, token: str, as_json: bool
+) -> None:
+    params: dict[str, Any] = {"category": category, "start": start, "end": end}
+    if kind == "topk":
+        params["k"] = k
+    body = _get(url, f"/v1/{kind}", params, token)
+    if as_json:
+        sys.stdout.write(json.dumps(body) + "\n")
+        return
+    if kind == "topk":
+        t = Table("#", "producer_id", "count", title=f"top {k} of {category}")
+        for i, p in enumerate(body["producers"], 1):
+            t.add_row(str(i), p["producer_id"], f"{p['count']:,}")
+        Console().print(t)
+    else:
+        Console().print(f"{kind}({category}) = [bold]{body['value']:,}[/]")
+    note = " [yellow]partial[/]" if body.get("partial") else ""
+    console.print(f"took {body['took_ms']} ms{note}")
+
+
+_URL = typer.Option("--url", envvar="TRIBUTARY_URL", help="Node URL.")
+_CAT = typer.Option(help="Category.")
+_START = typer.Option(help="Start (ns, RFC 3339 or now-1h).")
+_END = typer.Option(help="End, exclusive.")
+_TOKEN = typer.Option(envvar="TRIBUTARY_TOKEN", help="Bearer token.")
+
+
+@query_app.command("count")
+def query_count(
+    category: Annotated[str, _CAT],
+    start: Annotated[str, _START] = "now-1h",
+    end: Annotated[str, _END] = "now",
+    url: Annotated[str, _URL] = "http://127.0.0.1:8321",
+    token: Annotated[str, _TOKEN] = "",
+    json_: Annotated[bool, typer.Option("--json", help="Print the raw JSON answer.")] = False,
+) -> None:
+    """Number of events of CATEGORY in [start, end)."""
+    _query("count", url, category, start, end, 0, token, json_)
+
+
+@query_app.command("sum")
+def query_sum(
+    category: Annotated[str, _CAT],
+    start: Annotated[str, _START] = "now-1h",
+    end: Annotated[str, _END] = "now",
+    url: Annotated[str, _URL] = "http://127.0.0.1:8321",
+    token: Annotated[str, _TOKEN] = "",
+    json_: Annotated[bool, typer.Option("--json", help="Print the raw JSON answer.")] = False,
+) -> None:
+    """Sum of value of CATEGORY in [start, end)."""
+    _query("sum", url, category, start, end, 0, token, json_)
+
+
+@query_app.command("topk")
+def query_topk(
+    category: Annotated[str, _CAT],
+    start: Annotated[str, _START] = "now-1h",
+    end: Annotated[str, _END] = "now",
+    k: Annotated[int, typer.Option(help="How many producers.")] = 10,
+    url: Annotated[str, _URL] = "http://127.0.0.1:8321",
+    token: Annotated[str, _TOKEN] = "",
+    json_: Annotated[bool, typer.Option("--json", help="Print the raw JSON answer.")] = False,
+) -> None:
+    """The K producers of CATEGORY with the most events in [start, end)."""
+    _query("topk", url, category, start, end, k, token, json_)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

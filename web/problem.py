@@ -1,0 +1,98 @@
+"""RFC 9457 problem details: every error Tributary answers has this one shape.
+
+``{"type", "title", "status", "detail"}`` plus ``row`` / ``field`` for refused batches and
+``missing_shards`` for partial answers. Status codes are chosen here, from each package's own
+exception types, and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+
+from cluster.errors import NotEnoughReplicas, PartialResult
+from ingest.errors import (
+    BatchRejected,
+    IdempotencyConflict,
+    MalformedBody,
+    Overloaded,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from query.errors import InvalidQuery, QueryCancelled, QueryTimeout, SqlNotAllowed
+from storage.errors import TributaryError
+
+__all__ = ["PROBLEM_JSON", "problem", "problem_handlers"]
+
+PROBLEM_JSON = "application/problem+json"
+
+# (status, slug, title) for each exception type; the first match in MRO order wins.
+_STATUS: dict[type[Exception], tuple[int, str, str]] = {
+    MalformedBody: (400, "malformed-body", "The request body cannot be parsed"),
+    UnsupportedMediaType: (415, "unsupported-media-type", "Unsupported content type or encoding"),
+    PayloadTooLarge: (413, "payload-too-large", "The batch is over a size limit"),
+    IdempotencyConflict: (422, "idempotency-key-reused", "Idempotency-Key reused with a different body"),
+    BatchRejected: (422, "invalid-event", "The batch contains an invalid event"),
+    Overloaded: (503, "overloaded", "The node is overloaded"),
+    NotEnoughReplicas: (503, "not-enough-replicas", "Not enough replicas are reachable"),
+    PartialResult: (503, "partial-result", "Some shards have no live replica"),
+    SqlNotAllowed: (403, "sql-not-allowed", "The SQL is not allowed in the read-only sandbox"),
+    QueryTimeout: (408, "query-timeout", "The query ran past its time limit"),
+    QueryCancelled: (409, "query-cancelled", "The query was cancelled"),
+    InvalidQuery: (400, "invalid-query", "The query is invalid"),
+}
+
+
+def problem(
+    status: int, slug: str, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> Response[dict[str, Any]]:
+    body = {"type": f"/problems/{slug}", "title": title, "status": status, "detail": detail}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _tributary_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    for cls in type(exc).__mro__:
+        if cls in _STATUS:
+            status, slug, title = _STATUS[cls]
+            break
+    else:
+        status, slug, title = 500, "internal-error", "Internal error"
+    extra: dict[str, Any] = {}
+    headers = None
+    if isinstance(exc, BatchRejected):
+        extra.update(row=exc.row, field=exc.field)
+    if isinstance(exc, Overloaded | NotEnoughReplicas):
+        headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+    if isinstance(exc, PartialResult):
+        extra["missing_shards"] = exc.missing_shards
+    detail = getattr(exc, "detail", None) or str(exc)
+    return problem(status, slug, title, detail, headers, **extra)
+
+
+def _http_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    assert isinstance(exc, HTTPException)
+    status = exc.status_code
+    detail = exc.detail
+    if isinstance(exc, ValidationException) and exc.extra:
+        parts = [f"{e.get('key', '?')}: {e.get('message', '')}" for e in exc.extra if isinstance(e, dict)]
+        detail = "; ".join(parts) or detail
+    slug = {
+        404: "not-found",
+        405: "method-not-allowed",
+        413: "payload-too-large",
+        401: "unauthorized",
+        403: "forbidden",
+        429: "too-many-requests",
+    }.get(status, "bad-request" if status < 500 else "error")
+    headers = dict(exc.headers or {})
+    return problem(status, slug, slug.replace("-", " ").capitalize(), str(detail), headers or None)
+
+
+def problem_handlers() -> dict[type[Exception], Any]:
+    return {TributaryError: _tributary_error, HTTPException: _http_error, NotFoundException: _http_error}
+
+
+_ = MediaType

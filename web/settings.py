@@ -1,0 +1,76 @@
+"""Settings of one node: every knob, its default, and where it goes.
+
+Only ``web/`` reads settings; ``Settings`` turns them into the frozen config objects of the
+lower layers. Every field is a ``tributary serve`` flag and a ``TRIBUTARY_<NAME>`` environment
+variable (see ``docs/operations.md``; a test checks that each one is documented).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cluster.node import NodeConfig
+from ingest.decode import DecodeConfig
+from ingest.idempotency import IdempotencyConfig
+from ingest.ingestor import IngestConfig
+from ingest.persister import PersistConfig
+from ingest.wal import WalConfig
+from query.engine import EngineConfig
+from storage.compaction import CompactionConfig
+
+__all__ = ["Settings"]
+
+SECOND_NS = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8321
+    data: Path = Path("./data")
+    node_id: str = "n1"
+    peers: str = ""  # n1=http://h1:8321,n2=http://h2:8321
+    rf: int = 2
+    shards: int = 256
+    fsync: bool = True
+    max_body_bytes: int = 64 << 20
+    max_rows: int = 1_000_000
+    max_future_s: float = 86_400.0
+    retention_s: float = 0.0  # 0 = keep forever
+    max_buffer_bytes: int = 256 << 20
+    persist_bytes: int = 64 << 20
+    persist_interval_s: float = 10.0
+    compact_min_parts: int = 4
+    idempotency_window_s: float = 3600.0
+    idempotency_max_keys: int = 500_000
+    max_concurrent_ingest: int = 64
+    query_timeout_s: float = 30.0
+    sql_timeout_s: float = 10.0
+    sql_memory_limit: str = "512MB"
+    sql_max_rows: int = 10_000
+    log_format: str = "auto"  # auto | json | console
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def decode_config(self) -> DecodeConfig:
+        return DecodeConfig(
+            max_body_bytes=self.max_body_bytes,
+            max_rows=self.max_rows,
+            max_future_ns=int(self.max_future_s * SECOND_NS),
+            retention_ns=int(self.retention_s * SECOND_NS) if self.retention_s > 0 else None,
+        )
+
+    def node_config(self) -> NodeConfig:
+        return NodeConfig(
+            data_dir=Path(self.data),
+            node_id=self.node_id,
+            shards=self.shards,
+            wal=WalConfig(fsync=self.fsync),
+            ingest=IngestConfig(max_buffer_bytes=self.max_buffer_bytes),
+            persist=PersistConfig(max_bytes=self.persist_bytes, max_age_s=self.persist_interval_s),
+            compaction=CompactionConfig(min_parts=self.compact_min_parts),
+            idempotency=IdempotencyConfig(
+                window_s=self.idempotency_window_s, max_keys=self.idempotency_max_keys
+            ),
+            engine=EngineConfig(timeout_s=self.query_timeout_s),
+        )
