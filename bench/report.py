@@ -47,6 +47,7 @@ class TributaryReport:
     mismatches: list[Mismatch]
     queries: int
     stats: dict[str, object] | None = None
+    stop_code: int | None = None
 
 
 @dataclass
@@ -122,9 +123,7 @@ def _targets(r: RunReport) -> list[str]:
     for rng, limit in (("1h", 8.0), ("24h", 20.0)):
         c = t.cells.get(("topk", rng)) if t else None
         shown = "–" if c is None else f"{_ms(c.p50_ms)} ms"
-        rows.append(
-            (f"top-10 p50, {rng}", f"<= {limit:.0f} ms", shown, None if c is None else c.p50_ms <= limit)
-        )
+        rows.append((f"top-10 p50, {rng}", f"<= {limit:.0f} ms", shown, None if c is None else c.p50_ms <= limit))
     for fmt, floor in (("arrow", 4e6), ("json", 0.8e6), ("ndjson", 0.8e6)):
         ing = t.ingest.get(fmt) if t else None
         shown = "–" if ing is None else f"{ing.events_per_s / 1e6:.2f}M events/s"
@@ -155,9 +154,7 @@ def _targets(r: RunReport) -> list[str]:
         )
     )
     rows.append(("RSS at 200M events", "within 20% of 20M", "not measured by this run", None))
-    rows.append(
-        ("3-node RF=2 cluster", "query p50 <= 2× single, ingest >= 40%", "not measured by this run", None)
-    )
+    rows.append(("3-node RF=2 cluster", "query p50 <= 2× single, ingest >= 40%", "not measured by this run", None))
     lines = ["| figure | target | measured | |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {_mark(ok)} |" for a, b, c, ok in rows]
     return lines
@@ -228,9 +225,7 @@ def render(r: RunReport) -> str:
         "wall time per query (Tributary: HTTP round trip from one keep-alive client; peers: in-process)",
     ]
     t = r.tributary
-    agree = (
-        f"all {len(next(iter(r.peers.values())).answers) if r.peers else 0} queries agree across the peers"
-    )
+    agree = f"all {len(next(iter(r.peers.values())).answers) if r.peers else 0} queries agree across the peers"
     if t is None:
         out.append(f"- correctness: {agree}; Tributary skipped")
     elif not t.mismatches:
@@ -243,18 +238,17 @@ def render(r: RunReport) -> str:
         for m in t.mismatches[:5]:
             q = m.query
             out.append(
-                f"  - {q.kind} {q.category} [{q.start}, {q.end}): expected `{m.expected!r:.200}`, "
-                f"got `{m.got!r:.200}`"
+                f"  - {q.kind} {q.category} [{q.start}, {q.end}): expected `{m.expected!r:.200}`, got `{m.got!r:.200}`"
             )
+    if t:
+        out.append(f"- server exit code after SIGTERM: {t.stop_code}")
     if t and t.stats:
         out.append(f"- server `/v1/stats` after loading: `{t.stats}`")
     if r.chart_path:
         out.append(f"- chart: `{r.chart_path}`")
     out += [f"- {n}" for n in r.notes]
     if r.events != W20_EVENTS:
-        out.append(
-            f"- the targets are set for W20 at {W20_EVENTS:,} events; at this size they are indicative only"
-        )
+        out.append(f"- the targets are set for W20 at {W20_EVENTS:,} events; at this size they are indicative only")
     out += ["", "### Targets (issue 8)", "", *_targets(r)]
     out += ["", "### Query latency p50 (ms)", "", *_latency_table(r, "p50_ms")]
     out += ["", "### Query latency p95 (ms)", "", *_latency_table(r, "p95_ms")]

@@ -63,9 +63,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _run_peers(
-    workload: Workload, data: Path, queries: list[Query], names: list[str]
-) -> dict[str, PeerResult]:
+def _run_peers(workload: Workload, data: Path, queries: list[Query], names: list[str]) -> dict[str, PeerResult]:
     results: dict[str, PeerResult] = {}
     for name in names:
         _log(f"peer {name}: loading {workload.events:,} events and running {len(queries)} queries")
@@ -78,9 +76,7 @@ def _run_peers(
         bad = compare(queries, results[names[0]].answers, results[other].answers)
         if bad:
             details = "\n".join(f"  {m.query}: {names[0]}={m.expected!r} {other}={m.got!r}" for m in bad[:10])
-            raise SystemExit(
-                f"BENCH ABORTED: {other} disagrees with {names[0]} on {len(bad)} queries:\n{details}"
-            )
+            raise SystemExit(f"BENCH ABORTED: {other} disagrees with {names[0]} on {len(bad)} queries:\n{details}")
     return results
 
 
@@ -102,34 +98,39 @@ def _run_tributary(
     shutil.rmtree(data_dir, ignore_errors=True)
     paths = chunk_paths(data)
     server = ServerProcess(data_dir, command=args.server_cmd)
-    _log(f"tributary: starting `{args.server_cmd.format(port=server.port, data=data_dir)}`")
-    server.start()
-    assert server.proc is not None
-    sampler = RssSampler(server.proc.pid)
-    sampler.start()
-    try:
-        sampler.enter("ingest")
-        ingest = {}
-        with loader.ClientPool(server.url, args.clients) as clients:
-            for fmt, first, rows, batch_rows in _slices(workload, args.text_events):
-                if rows <= 0:
-                    continue
-                batches = loader.plan(paths, first, rows, batch_rows, f"{workload.name}-{fmt}")
-                ingest[fmt] = result = clients.ingest(batches, fmt)
+    with loader.ClientPool(server.url, args.clients) as clients:
+        plans = [
+            loader.plan(paths, first, rows, batch_rows, fmt, data / "bodies", workload.name)
+            for fmt, first, rows, batch_rows in _slices(workload, args.text_events)
+            if rows > 0
+        ]
+        t0 = time.perf_counter()
+        body_bytes = sum(clients.prepare(batches) for batches in plans)
+        _log(f"tributary: {body_bytes / 1e6:.0f} MB of request bodies ready in {time.perf_counter() - t0:.1f}s")
+        _log(f"tributary: starting `{args.server_cmd.format(port=server.port, data=data_dir)}`")
+        server.start()
+        assert server.proc is not None
+        sampler = RssSampler(server.proc.pid)
+        sampler.start()
+        try:
+            sampler.enter("ingest")
+            ingest = {}
+            for batches in plans:
+                result = ingest[batches[0].fmt] = clients.ingest(batches)
                 _log(
-                    f"tributary: {fmt} ingest {result.events:,} events in {result.seconds:.2f}s = "
+                    f"tributary: {result.fmt} ingest {result.events:,} events in {result.seconds:.2f}s = "
                     f"{result.events_per_s / 1e6:.2f}M events/s ({result.retries} retries)"
                 )
-        stats = _stats(server.url)
-        sampler.enter("queries")
-        answers, latencies = loader.run_queries(server.url, queries)
-        mismatches = compare(queries, expected, answers)
-        _log(f"tributary: {len(queries)} queries, {len(mismatches)} mismatches against the peers")
-        disk_running = disk_usage(data_dir)
-        sampler.enter("stop")
-    finally:
-        code = server.stop()
-        peaks = sampler.close()
+            stats = _stats(server.url)
+            sampler.enter("queries")
+            answers, latencies = loader.run_queries(server.url, queries)
+            mismatches = compare(queries, expected, answers)
+            _log(f"tributary: {len(queries)} queries, {len(mismatches)} mismatches against the peers")
+            disk_running = disk_usage(data_dir)
+            sampler.enter("stop")
+        finally:
+            code = server.stop()
+            peaks = sampler.close()
     mib = {phase: rss >> 20 for phase, rss in peaks.items()}
     _log(f"tributary: stopped with exit code {code}; RSS peaks in MiB {mib}")
     peaks.pop("stop", None)  # shutdown (a final persist) is neither loading nor serving
@@ -143,6 +144,7 @@ def _run_tributary(
         mismatches=mismatches,
         queries=len(queries),
         stats=stats,
+        stop_code=code,
     )
 
 
