@@ -53,10 +53,8 @@ class Compactor:
     def run_once(self, force: bool = False) -> int:
         """Merge every hour that qualifies (every hour with 2+ parts when ``force``); returns
         the number of hours merged."""
-        if force:
-            groups = [ps for ps in self.manifest.state.hours().values() if len(ps) >= 2]
-        else:
-            groups = self.candidates()
+        hours = self.manifest.state.hours().values()
+        groups = [ps for ps in hours if len(ps) >= 2] if force else self.candidates()
         for parts in groups:
             self.compact_hour(parts)
         return len(groups)
