@@ -100,7 +100,5 @@ def latency_cells(queries: list[Query], latencies_ms: list[float]) -> dict[tuple
 def compare(queries: list[Query], expected: list[Answer], got: list[Answer]) -> list[Mismatch]:
     """Every query whose answer differs from the expected one."""
     return [
-        Mismatch(query, want, have)
-        for query, want, have in zip(queries, expected, got, strict=True)
-        if want != have
+        Mismatch(query, want, have) for query, want, have in zip(queries, expected, got, strict=True) if want != have
     ]

@@ -28,9 +28,7 @@ import psutil
 __all__ = ["DEFAULT_COMMAND", "RssSampler", "ServerError", "ServerProcess", "disk_usage"]
 
 # The venv's console script, so the pid we watch is the server itself and not a `uv run` wrapper.
-DEFAULT_COMMAND = (
-    f"{Path(sys.executable).parent / 'tributary'} serve --host 127.0.0.1 --port {{port}} --data {{data}}"
-)
+DEFAULT_COMMAND = f"{Path(sys.executable).parent / 'tributary'} serve --host 127.0.0.1 --port {{port}} --data {{data}}"
 
 
 class ServerError(RuntimeError):
@@ -108,9 +106,7 @@ class ServerProcess:
         self.start()
         return self
 
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
 
