@@ -1,0 +1,92 @@
+"""Parts: one per hour, sorted raw rows, rollups equal to aggregating the rows, merges additive."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+
+from storage.manifest import Manifest
+from storage.partition import PartitionStore, hour_folder
+from storage.schema import HOUR_NS
+from tests.eventgen import T0, random_events, stored
+
+
+def test_hour_folder_is_hive_style() -> None:
+    assert hour_folder(T0 + 5 * HOUR_NS + 17) == "hour=2026-11-27T05"
+
+
+def test_one_part_per_hour_with_exact_rollups(tmp_path: Path) -> None:
+    rng = random.Random(1)
+    rows = stored(random_events(rng, 5000, span=3 * HOUR_NS))
+    m = Manifest(tmp_path)
+    store = PartitionStore(tmp_path, m)
+    parts = store.write(rows)
+    assert [p.hour for p in parts] == [T0, T0 + HOUR_NS, T0 + 2 * HOUR_NS]
+    assert sum(p.rows for p in parts) == 5000
+    con = duckdb.connect()
+    con.register("raw", rows)
+    for p in parts:
+        events = pq.read_table(p.path(tmp_path, "events"))
+        keys = list(
+            zip(
+                events["category"].to_pylist(),
+                events["shard"].to_pylist(),
+                events["timestamp"].to_pylist(),
+                strict=True,
+            )
+        )
+        assert keys == sorted(keys), "raw rows sorted by (category, shard, timestamp)"
+        got = con.sql(
+            f"SELECT category, shard, minute, count, sum::HUGEINT FROM read_parquet('{p.path(tmp_path, 'rollup_minute')}') "
+            "ORDER BY ALL"
+        ).fetchall()
+        want = con.sql(
+            f"SELECT category, shard, timestamp - timestamp % 60000000000, count(*), sum(value) FROM raw "
+            f"WHERE timestamp >= {p.hour} AND timestamp < {p.hour + HOUR_NS} GROUP BY ALL ORDER BY ALL"
+        ).fetchall()
+        assert got == want
+        got_p = con.sql(
+            f"SELECT category, shard, hour, producer_id, count FROM read_parquet('{p.path(tmp_path, 'rollup_producer')}', "
+            "hive_partitioning = false) ORDER BY ALL"
+        ).fetchall()
+        want_p = con.sql(
+            f"SELECT category, shard, {p.hour}::BIGINT, producer_id, count(*) FROM raw "
+            f"WHERE timestamp >= {p.hour} AND timestamp < {p.hour + HOUR_NS} GROUP BY ALL ORDER BY ALL"
+        ).fetchall()
+        assert got_p == want_p
+    store.close()
+
+
+def test_merge_sums_rollups_and_keeps_every_row(tmp_path: Path) -> None:
+    rng = random.Random(2)
+    m = Manifest(tmp_path)
+    store = PartitionStore(tmp_path, m)
+    a = store.write(stored(random_events(rng, 800, span=HOUR_NS)))
+    b = store.write(stored(random_events(rng, 700, span=HOUR_NS)))
+    merged = store.merge(a + b)
+    assert merged.rows == 1500
+    con = duckdb.connect()
+    total = con.sql(f"SELECT sum(count) FROM read_parquet('{merged.path(tmp_path, 'rollup_minute')}')").fetchall()
+    assert total == [(1500,)]
+    n = con.sql(
+        f"SELECT count(*) FROM read_parquet('{merged.path(tmp_path, 'rollup_producer')}', hive_partitioning=false) "
+        "GROUP BY category, shard, producer_id HAVING count(*) > 1"
+    ).fetchall()
+    assert n == [], "producer rollup rows merged, not concatenated"
+    store.close()
+
+
+def test_partitions_are_plain_parquet_for_other_readers(tmp_path: Path) -> None:
+    import polars as pl
+
+    m = Manifest(tmp_path)
+    store = PartitionStore(tmp_path, m)
+    rows = stored(random_events(random.Random(3), 100, span=HOUR_NS // 2))
+    store.write(rows)
+    df = pl.read_parquet(str(tmp_path / "partitions" / "*" / "events-*.parquet"), hive_partitioning=True)
+    assert df.height == 100
+    assert "hour" in df.columns
+    store.close()
