@@ -40,8 +40,8 @@ def test_one_part_per_hour_with_exact_rollups(tmp_path: Path) -> None:
         )
         assert keys == sorted(keys), "raw rows sorted by (category, shard, timestamp)"
         got = con.sql(
-            f"SELECT category, shard, minute, count, sum::HUGEINT FROM read_parquet('{p.path(tmp_path, 'rollup_minute')}') "
-            "ORDER BY ALL"
+            "SELECT category, shard, minute, count, sum::HUGEINT "
+            f"FROM read_parquet('{p.path(tmp_path, 'rollup_minute')}') ORDER BY ALL"
         ).fetchall()
         want = con.sql(
             f"SELECT category, shard, timestamp - timestamp % 60000000000, count(*), sum(value) FROM raw "
@@ -49,8 +49,8 @@ def test_one_part_per_hour_with_exact_rollups(tmp_path: Path) -> None:
         ).fetchall()
         assert got == want
         got_p = con.sql(
-            f"SELECT category, shard, hour, producer_id, count FROM read_parquet('{p.path(tmp_path, 'rollup_producer')}', "
-            "hive_partitioning = false) ORDER BY ALL"
+            "SELECT category, shard, hour, producer_id, count "
+            f"FROM read_parquet('{p.path(tmp_path, 'rollup_producer')}', hive_partitioning = false) ORDER BY ALL"
         ).fetchall()
         want_p = con.sql(
             f"SELECT category, shard, {p.hour}::BIGINT, producer_id, count(*) FROM raw "
