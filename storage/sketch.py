@@ -5,6 +5,11 @@ producers), a frequent-items sketch of ``producer_id`` weighted by event count (
 with hard bounds), and a KLL sketch of ``value`` (quantiles). Sketches are built once from raw rows
 when a buffer is persisted and afterwards only merged (compaction, range queries), never rebuilt;
 every serialized sketch is bounded by ``SketchConfig.max_bytes()`` whatever the number of rows.
+
+``frequent_error`` stores the frequent-items sketch's maximum error beside it, because the sketch
+cannot carry it itself when a purge evicted every producer: datasketches-cpp then treats it as
+empty, serializes neither its weight nor its error, and skips it in ``merge``
+(apache/datasketches-cpp#527). ``merge_frequent`` puts the two back together.
 """
 
 from __future__ import annotations
@@ -21,14 +26,19 @@ from storage.errors import StorageError
 from storage.schema import HOUR_NS, PRODUCER_MAX_BYTES
 
 __all__ = [
+    "SKETCH_DECODE_ERRORS",
     "SKETCH_KEYS",
     "SKETCH_SCHEMA",
     "SketchConfig",
     "build_sketches",
+    "frequent_error",
+    "merge_frequent",
     "merge_sketch_tables",
 ]
 
 SKETCH_KEYS = ("category", "shard", "hour")
+# What DataSketches raises on bytes that are not a sketch (IndexError for a truncated one).
+SKETCH_DECODE_ERRORS = (RuntimeError, ValueError, IndexError)
 
 SKETCH_SCHEMA = pa.schema(
     [
@@ -38,6 +48,7 @@ SKETCH_SCHEMA = pa.schema(
         pa.field("n", pa.int64(), nullable=False),  # rows summarised
         pa.field("hll", pa.binary(), nullable=False),  # hll_sketch (HLL_4, compact) of producer_id
         pa.field("frequent", pa.binary(), nullable=False),  # frequent_strings_sketch of producer_id
+        pa.field("frequent_error", pa.int64(), nullable=False),  # max count of an untracked producer
         pa.field("kll", pa.binary(), nullable=False),  # kll_doubles_sketch of value
     ]
 )
@@ -123,6 +134,7 @@ def build_sketches(rows: pa.Table, config: SketchConfig = SketchConfig()) -> pa.
     pair_counts = groups["runs"].list.len().to_list()
     hlls: list[bytes] = []
     frequents: list[bytes] = []
+    errors: list[int] = []
     klls: list[bytes] = []
     row_start = pair_start = 0
     for n, m in zip(groups["n"].to_list(), pair_counts, strict=True):
@@ -137,6 +149,7 @@ def build_sketches(rows: pa.Table, config: SketchConfig = SketchConfig()) -> pa.
         kll.update(values[row_start : row_start + n])
         hlls.append(hll.serialize_compact())
         frequents.append(frequent.serialize())
+        errors.append(frequent_error(frequent))
         klls.append(kll.serialize())
         row_start += n
         pair_start += m
@@ -147,8 +160,38 @@ def build_sketches(rows: pa.Table, config: SketchConfig = SketchConfig()) -> pa.
         groups["n"].to_list(),
         hlls,
         frequents,
+        errors,
         klls,
     )
+
+
+def frequent_error(sketch: ds.frequent_strings_sketch) -> int:
+    """The sketch's maximum error: no producer it does not track has more events than this."""
+    # "" is never a producer_id (1..256 bytes), so it is never tracked and its upper bound is
+    # the sketch's offset, which the Python binding does not expose otherwise.
+    return int(sketch.get_upper_bound(""))
+
+
+def merge_frequent(
+    blobs: Sequence[bytes], errors: Sequence[int], lg_max_k: int
+) -> tuple[ds.frequent_strings_sketch, int]:
+    """Merge serialized frequent-items sketches with their stored ``frequent_error``s.
+
+    Returns the merged sketch and ``lost``, the error of inputs whose state did not survive
+    serialization (purged to no items, apache/datasketches-cpp#527). Guarantees: for every
+    producer, ``sketch.get_lower_bound(p) <= true count <= sketch.get_upper_bound(p) + lost``,
+    and the merged maximum error is ``frequent_error(sketch) + lost``. Raises one of
+    ``SKETCH_DECODE_ERRORS`` on a blob that is not a sketch.
+    """
+    merged = ds.frequent_strings_sketch(lg_max_k)
+    lost = 0
+    for blob, error in zip(blobs, errors, strict=True):
+        part = ds.frequent_strings_sketch.deserialize(blob)
+        # A sketch purged to no items keeps no counters, so each producer it saw had at most
+        # its error; that error is what the blob dropped.
+        lost += error - frequent_error(part)
+        merged.merge(part)
+    return merged, lost
 
 
 def merge_sketch_tables(tables: Sequence[pa.Table], config: SketchConfig = SketchConfig()) -> pa.Table:
@@ -173,10 +216,11 @@ def merge_sketch_tables(tables: Sequence[pa.Table], config: SketchConfig = Sketc
     if runs.height == table.num_rows:
         return table.combine_chunks()
 
-    columns = {name: table[name].to_pylist() for name in ("n", "hll", "frequent", "kll")}
+    columns = {name: table[name].to_pylist() for name in ("n", "hll", "frequent", "frequent_error", "kll")}
     ns: list[int] = []
     hlls: list[bytes] = []
     frequents: list[bytes] = []
+    errors: list[int] = []
     klls: list[bytes] = []
     for category, shard, hour, first, count in runs.iter_rows():
         span = range(first, first + count)
@@ -184,23 +228,28 @@ def merge_sketch_tables(tables: Sequence[pa.Table], config: SketchConfig = Sketc
         if count == 1:
             hlls.append(columns["hll"][first])
             frequents.append(columns["frequent"][first])
+            errors.append(columns["frequent_error"][first])
             klls.append(columns["kll"][first])
             continue
         try:
             hll = ds.hll_union(config.hll_lg_k)
-            frequent = ds.frequent_strings_sketch(config.frequent_lg_max_k)
             kll = ds.kll_doubles_sketch(config.kll_k)
             for i in span:
                 hll.update(ds.hll_sketch.deserialize(columns["hll"][i]))
-                frequent.merge(ds.frequent_strings_sketch.deserialize(columns["frequent"][i]))
                 kll.merge(ds.kll_doubles_sketch.deserialize(columns["kll"][i]))
-        except (RuntimeError, ValueError) as e:
+            frequent, lost = merge_frequent(
+                [columns["frequent"][i] for i in span],
+                [columns["frequent_error"][i] for i in span],
+                config.frequent_lg_max_k,
+            )
+        except SKETCH_DECODE_ERRORS as e:
             raise StorageError(
                 f"sketch of category={category!r} shard={shard} hour={hour} cannot be read: {e}; "
                 "rebuild it from the hour's events with build_sketches"
             ) from e
         hlls.append(hll.get_result(_HLL_TYPE).serialize_compact())
         frequents.append(frequent.serialize())
+        errors.append(frequent_error(frequent) + lost)
         klls.append(kll.serialize())
     return _sketch_table(
         runs["category"].to_list(),
@@ -209,6 +258,7 @@ def merge_sketch_tables(tables: Sequence[pa.Table], config: SketchConfig = Sketc
         ns,
         hlls,
         frequents,
+        errors,
         klls,
     )
 
@@ -220,6 +270,7 @@ def _sketch_table(
     ns: list[int],
     hlls: list[bytes],
     frequents: list[bytes],
+    errors: list[int],
     klls: list[bytes],
 ) -> pa.Table:
     return pa.table(
@@ -230,6 +281,7 @@ def _sketch_table(
             pa.array(ns, pa.int64()),
             pa.array(hlls, pa.binary()),
             pa.array(frequents, pa.binary()),
+            pa.array(errors, pa.int64()),
             pa.array(klls, pa.binary()),
         ],
         schema=SKETCH_SCHEMA,

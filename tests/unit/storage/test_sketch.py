@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 
 from storage.errors import StorageError
 from storage.schema import HOUR_NS, STORED_SCHEMA, ShardHasher
-from storage.sketch import SKETCH_SCHEMA, SketchConfig, build_sketches, merge_sketch_tables
+from storage.sketch import (
+    SKETCH_SCHEMA,
+    SketchConfig,
+    build_sketches,
+    frequent_error,
+    merge_frequent,
+    merge_sketch_tables,
+)
 
 T0 = 1_700_000_000_000_000_000 - 1_700_000_000_000_000_000 % HOUR_NS
 SMALL = SketchConfig(hll_lg_k=8, frequent_lg_max_k=4, kll_k=16)
@@ -53,9 +60,7 @@ def exact(rows: pa.Table, sql: str) -> list[tuple[object, ...]]:
     """Run ``sql`` over ``rows`` (as view ``r`` with an ``hour`` column) in DuckDB."""
     con = duckdb.connect()
     con.register("raw", rows)
-    con.execute(
-        f"CREATE VIEW r AS SELECT *, floor(timestamp / {HOUR_NS})::BIGINT * {HOUR_NS} AS hour FROM raw"
-    )
+    con.execute(f"CREATE VIEW r AS SELECT *, floor(timestamp / {HOUR_NS})::BIGINT * {HOUR_NS} AS hour FROM raw")
     return con.execute(sql).fetchall()
 
 
@@ -65,9 +70,7 @@ def by_key(table: pa.Table) -> dict[tuple[str, int, int], dict[str, object]]:
 
 def producer_counts(rows: pa.Table) -> dict[tuple[str, int, int], Counter[str]]:
     out: dict[tuple[str, int, int], Counter[str]] = {}
-    for c, s, h, p, n in exact(
-        rows, "SELECT category, shard, hour, producer_id, count(*) FROM r GROUP BY ALL"
-    ):
+    for c, s, h, p, n in exact(rows, "SELECT category, shard, hour, producer_id, count(*) FROM r GROUP BY ALL"):
         out.setdefault((c, s, h), Counter())[p] = n  # type: ignore[index]
     return out
 
@@ -79,11 +82,13 @@ def check_frequent_bounds(table: pa.Table, rows: pa.Table) -> int:
     sketches = by_key(table)
     evicting = 0
     for key, counter in counts.items():
-        fi = ds.frequent_strings_sketch.deserialize(sketches[key]["frequent"])
-        assert fi.total_weight == sum(counter.values())
-        evicting += fi.get_upper_bound("") > 0  # "" is never a producer: its bound is the max error
+        row = sketches[key]
+        # Read into a map larger than any stored one, so reading evicts nothing more.
+        fi, lost = merge_frequent([row["frequent"]], [row["frequent_error"]], 12)  # type: ignore[list-item]
+        assert row["frequent_error"] == frequent_error(fi) + lost
+        evicting += row["frequent_error"] > 0  # type: ignore[operator]
         for producer, n in counter.items():
-            assert fi.get_lower_bound(producer) <= n <= fi.get_upper_bound(producer), (key, producer)
+            assert fi.get_lower_bound(producer) <= n <= fi.get_upper_bound(producer) + lost, (key, producer)
     return evicting
 
 
@@ -154,15 +159,11 @@ def test_merging_two_halves_matches_sketching_the_whole() -> None:
         [build_sketches(rows.slice(0, 13_000), SMALL), build_sketches(rows.slice(13_000), SMALL)], SMALL
     )
     assert merged.schema == SKETCH_SCHEMA
-    assert merged.select(["category", "shard", "hour", "n"]) == whole.select(
-        ["category", "shard", "hour", "n"]
-    )
+    assert merged.select(["category", "shard", "hour", "n"]) == whole.select(["category", "shard", "hour", "n"])
     assert check_frequent_bounds(merged, rows) > 0
     distinct = {
         (c, s, h): n
-        for c, s, h, n in exact(
-            rows, "SELECT category, shard, hour, count(DISTINCT producer_id) FROM r GROUP BY ALL"
-        )
+        for c, s, h, n in exact(rows, "SELECT category, shard, hour, count(DISTINCT producer_id) FROM r GROUP BY ALL")
     }
     whole_rows = by_key(whole)
     for key, row in by_key(merged).items():
@@ -275,6 +276,35 @@ def test_serialized_sizes_are_bounded_by_the_config(n: int) -> None:
     assert merged["n"].to_pylist() == [2 * n]
 
 
+def test_error_survives_a_purge_that_evicts_every_producer() -> None:
+    # Equal counts: each purge subtracts the median from all counters and evicts them all, and
+    # DataSketches then serializes the sketch as empty, without its error
+    # (apache/datasketches-cpp#527). The frequent_error column must carry it.
+    n = 300
+    producers = [f"p{i:03d}" for i in range(100)] * 3
+    rows = pa.table(
+        {
+            "timestamp": pa.array([T0] * n, pa.int64()),
+            "category": ["c"] * n,
+            "value": pa.array(range(n), pa.int64()),
+            "producer_id": producers,
+            "shard": pa.array([0] * n, pa.uint16()),
+            "batch_id": pa.array([0] * n, pa.int64()),
+        },
+        schema=STORED_SCHEMA,
+    )
+    config = SketchConfig(frequent_lg_max_k=5)  # 100 equal producers end on a full purge
+    built = build_sketches(rows, config)
+    stored = ds.frequent_strings_sketch.deserialize(built["frequent"][0].as_py())
+    assert stored.num_active_items == 0 and frequent_error(stored) == 0  # the upstream loss
+    assert built["frequent_error"].to_pylist()[0] >= 3
+    assert check_frequent_bounds(built, rows) == 1
+    # Merged with a sketch that did keep its items, the lost error still bounds every count.
+    other = rows.slice(0, 5)
+    merged = merge_sketch_tables([built, build_sketches(other, config)], config)
+    assert check_frequent_bounds(merged, pa.concat_tables([rows, other])) == 1
+
+
 def test_default_bounds_are_a_few_kilobytes() -> None:
     assert SketchConfig().max_bytes()["hll"] < 3_000
     assert SketchConfig().max_bytes()["kll"] < 10_000
@@ -293,9 +323,7 @@ def test_corrupt_sketch_is_a_storage_error() -> None:
         merge_sketch_tables([table, bad])
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"hll_lg_k": 6}, {"hll_lg_k": 22}, {"frequent_lg_max_k": 2}, {"kll_k": 7}]
-)
+@pytest.mark.parametrize("kwargs", [{"hll_lg_k": 6}, {"hll_lg_k": 22}, {"frequent_lg_max_k": 2}, {"kll_k": 7}])
 def test_config_rejects_out_of_range_sizes(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError):
         SketchConfig(**kwargs)
