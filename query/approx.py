@@ -1,0 +1,233 @@
+"""Approximate answers from sketch rows: distinct producers, top-k with bounds, value quantiles.
+
+Pure functions over a table of sketch rows (``storage.sketch.SKETCH_SCHEMA``, or the one-row
+tables of ``collapse_sketches``) that together cover the range asked; the engine picks the rows
+(whole hours from the stored sketches, ragged edges sketched from raw rows with
+``storage.sketch.build_sketches``). Every answer states its error (issue 7).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, TypedDict
+
+import datasketches as ds
+import pyarrow as pa
+
+from query.errors import InvalidQuery, QueryError
+from storage.sketch import SKETCH_DECODE_ERRORS, SketchConfig, frequent_error, merge_frequent
+
+__all__ = [
+    "COLLAPSED_SCHEMA",
+    "DISTINCT_CONFIDENCE",
+    "QUANTILE_CONFIDENCE",
+    "DistinctAnswer",
+    "Quantile",
+    "QuantileAnswer",
+    "TopAnswer",
+    "TopProducer",
+    "approx_distinct",
+    "approx_quantiles",
+    "approx_topk",
+    "collapse_sketches",
+]
+
+# HLL bounds at 3 standard deviations: a 1-in-20 miss (2 sd) would be seen by users weekly.
+_HLL_STD_DEVS = 3
+DISTINCT_CONFIDENCE = 0.997
+# KLL's normalized rank error is stated by DataSketches at 99 % confidence.
+QUANTILE_CONFIDENCE = 0.99
+
+COLLAPSED_SCHEMA = pa.schema(
+    [
+        pa.field("n", pa.int64(), nullable=False),
+        pa.field("hll", pa.binary(), nullable=False),
+        pa.field("frequent", pa.binary(), nullable=False),
+        pa.field("frequent_error", pa.int64(), nullable=False),
+        pa.field("kll", pa.binary(), nullable=False),
+    ]
+)
+
+
+class DistinctAnswer(TypedDict):
+    value: int
+    lower_bound: int
+    upper_bound: int
+    relative_error: float
+    confidence: float
+
+
+class TopProducer(TypedDict):
+    producer_id: str
+    estimate: int
+    lower_bound: int
+    upper_bound: int
+
+
+class TopAnswer(TypedDict):
+    producers: list[TopProducer]
+    guaranteed: bool
+    unlisted_upper_bound: int
+    events: int
+
+
+class Quantile(TypedDict):
+    q: float
+    value: int | None
+
+
+class QuantileAnswer(TypedDict):
+    quantiles: list[Quantile]
+    rank_error: float
+    confidence: float
+    n: int
+
+
+def approx_distinct(rows: pa.Table, config: SketchConfig = SketchConfig()) -> DistinctAnswer:
+    """Distinct producers over the rows' HLL sketches.
+
+    The true count lies within ``[lower_bound, upper_bound]`` with probability about 99.7 %
+    (3 standard deviations); ``relative_error`` is the wider side of that interval over the
+    estimate. Counts below a few hundred per sketch are held nearly exactly, and the interval
+    then shrinks to a point.
+    """
+    union = _union_hll(rows, config)
+    estimate = union.get_estimate()
+    lower = union.get_lower_bound(_HLL_STD_DEVS)
+    upper = union.get_upper_bound(_HLL_STD_DEVS)
+    # The true count is an integer, so the integers inside the real interval bound it just as
+    # well: a sketch holding every producer then answers a single point.
+    low, high = math.ceil(lower), max(math.ceil(lower), math.floor(upper))
+    return {
+        "value": min(max(round(estimate), low), high),
+        "lower_bound": low,
+        "upper_bound": high,
+        "relative_error": max(upper - estimate, estimate - lower) / estimate if estimate else 0.0,
+        "confidence": DISTINCT_CONFIDENCE,
+    }
+
+
+def approx_topk(rows: pa.Table, k: int, config: SketchConfig = SketchConfig()) -> TopAnswer:
+    """The k producers with most events by the rows' frequent-items sketches, ordered by
+    estimate descending then ``producer_id`` ascending (the exact answer's order).
+
+    The bounds are hard, not probabilistic: each producer's true count lies within
+    ``[lower_bound, upper_bound]``, and no producer left out has more than
+    ``unlisted_upper_bound`` events. Candidates are every producer the merged sketch still
+    tracks (``NO_FALSE_NEGATIVES`` at threshold 0): a producer it evicted had at most the
+    sketch's maximum error, which ``unlisted_upper_bound`` includes. ``guaranteed`` is true when
+    the listed set is certainly the exact top-k set — every listed lower bound exceeds
+    ``unlisted_upper_bound`` — or when the sketch never evicted, in which case the counts, set
+    and order are all exact. The order within a guaranteed set may still differ from the exact
+    one where bounds overlap.
+    """
+    if k < 1:
+        raise InvalidQuery(f"k must be at least 1, got {k}")
+    merged, lost = _merge_frequent(rows, config)
+    max_error = frequent_error(merged) + lost
+    # ``lost`` (see merge_frequent) widens every upper bound; lower bounds stay as they are.
+    items = sorted(
+        ((p, est, lb, ub + lost) for p, est, lb, ub in merged.get_frequent_items(ds.NO_FALSE_NEGATIVES, 0)),
+        key=lambda item: (-item[1], item[0]),
+    )
+    listed, rest = items[:k], items[k:]
+    unlisted = max([max_error, *(ub for _, _, _, ub in rest)])
+    # Never evicted: every count is exact, so set and order are exact too.
+    exact = max_error == 0
+    guaranteed = exact or (len(listed) == k and min(lb for _, _, lb, _ in listed) > unlisted)
+    return {
+        "producers": [
+            {"producer_id": p, "estimate": int(est), "lower_bound": int(lb), "upper_bound": int(ub)}
+            for p, est, lb, ub in listed
+        ],
+        "guaranteed": guaranteed,
+        "unlisted_upper_bound": int(unlisted),
+        "events": _events(rows),
+    }
+
+
+def approx_quantiles(rows: pa.Table, qs: Sequence[float], config: SketchConfig = SketchConfig()) -> QuantileAnswer:
+    """Quantiles of ``value`` by the rows' KLL sketches.
+
+    Each returned value is one that occurred; its true normalized rank is within ``rank_error``
+    of ``q`` with 99 % confidence (``rank_error`` is 0 while the sketch still holds every value,
+    and q = 0 / 1 give the exact minimum / maximum). Values are exact for |value| <= 2^53.
+    With no rows every value is None.
+    """
+    if not qs or any(not 0.0 <= q <= 1.0 for q in qs):
+        raise InvalidQuery(f"quantiles must be one or more numbers in [0, 1], got {list(qs)}")
+    merged = _merge_kll(rows, config)
+    if merged.is_empty():
+        values: list[int | None] = [None] * len(qs)
+    else:
+        # The sketch keeps the exact extremes beside its samples, which may have dropped them.
+        lowest, highest = merged.get_min_value(), merged.get_max_value()
+        values = [int(lowest if q == 0.0 else highest if q == 1.0 else merged.get_quantile(q, True)) for q in qs]
+    return {
+        "quantiles": [{"q": q, "value": v} for q, v in zip(qs, values, strict=True)],
+        "rank_error": merged.normalized_rank_error(False) if merged.is_estimation_mode() else 0.0,
+        "confidence": QUANTILE_CONFIDENCE,
+        "n": merged.n,
+    }
+
+
+def collapse_sketches(rows: pa.Table, config: SketchConfig = SketchConfig()) -> pa.Table:
+    """Merge all rows into one ``COLLAPSED_SCHEMA`` row of at most ``config.max_bytes()`` per
+    sketch, answering exactly as the rows themselves do. A node ships this (a few kilobytes)
+    instead of its rows; the coordinator concatenates the nodes' rows and answers from them.
+    """
+    frequent, lost = _merge_frequent(rows, config)
+    return pa.table(
+        [
+            pa.array([_events(rows)], pa.int64()),
+            pa.array([_union_hll(rows, config).get_result(ds.tgt_hll_type.HLL_4).serialize_compact()]),
+            pa.array([frequent.serialize()]),
+            pa.array([frequent_error(frequent) + lost], pa.int64()),
+            pa.array([_merge_kll(rows, config).serialize()]),
+        ],
+        schema=COLLAPSED_SCHEMA,
+    )
+
+
+def _blobs(rows: pa.Table, column: str) -> list[Any]:
+    if column not in rows.column_names:
+        raise QueryError(f"sketch rows have no {column!r} column (got {rows.column_names})")
+    return [b for b in rows[column].to_pylist() if b is not None]
+
+
+def _unreadable(column: str, e: Exception) -> QueryError:
+    return QueryError(f"a stored {column} sketch cannot be read ({e}); rebuild the hour's sketches from its events")
+
+
+def _union_hll(rows: pa.Table, config: SketchConfig) -> ds.hll_union:
+    union = ds.hll_union(config.hll_lg_k)
+    try:
+        for blob in _blobs(rows, "hll"):
+            union.update(ds.hll_sketch.deserialize(blob))
+    except SKETCH_DECODE_ERRORS as e:
+        raise _unreadable("hll", e) from e
+    return union
+
+
+def _merge_frequent(rows: pa.Table, config: SketchConfig) -> tuple[ds.frequent_strings_sketch, int]:
+    blobs = _blobs(rows, "frequent")
+    errors = [int(e) for e in _blobs(rows, "frequent_error")]
+    try:
+        return merge_frequent(blobs, errors, config.frequent_lg_max_k)
+    except SKETCH_DECODE_ERRORS as e:
+        raise _unreadable("frequent", e) from e
+
+
+def _events(rows: pa.Table) -> int:
+    return sum(_blobs(rows, "n"))
+
+
+def _merge_kll(rows: pa.Table, config: SketchConfig) -> ds.kll_doubles_sketch:
+    merged = ds.kll_doubles_sketch(config.kll_k)
+    try:
+        for blob in _blobs(rows, "kll"):
+            merged.merge(ds.kll_doubles_sketch.deserialize(blob))
+    except SKETCH_DECODE_ERRORS as e:
+        raise _unreadable("kll", e) from e
+    return merged
