@@ -13,8 +13,9 @@ from typing import Any
 
 import anyio
 import xxhash
-from litestar import Litestar, Request, Response, get, post
+from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.openapi import OpenAPIConfig
+from litestar.static_files import create_static_files_router
 
 from cluster.node import Node
 from ingest.decode import decode_events
@@ -22,6 +23,7 @@ from ingest.errors import Overloaded
 from query.engine import Aggregate
 from query.errors import InvalidQuery
 from query.timerange import parse_range
+from web import assets
 from web.problem import problem_handlers
 from web.settings import Settings
 
@@ -131,11 +133,41 @@ def create_app(node: Node, settings: Settings) -> Litestar:
     def admin_compact() -> dict[str, Any]:
         return {"hours_compacted": node.compact_now(force=True)}
 
+    def _page(name: str) -> Response[str]:
+        path = assets.page_path(name)
+        body = path.read_text(encoding="utf-8") if path.is_file() else assets.not_built_page()
+        return Response(body, media_type=MediaType.HTML)
+
+    @get("/", include_in_schema=False)
+    async def console_page() -> Response[str]:
+        return _page(assets.CONSOLE_PAGE)
+
+    @get("/dashboard", include_in_schema=False)
+    async def dashboard_page() -> Response[str]:
+        return _page(assets.DASHBOARD_PAGE)
+
+    static = create_static_files_router(
+        path=assets.ASSETS_URL, directories=[assets.ASSETS_DIR], include_in_schema=False
+    )
+
     def _on_shutdown() -> None:
         node.close()
 
     return Litestar(
-        route_handlers=[ingest_events, count, sum_, topk, health, ready, stats, admin_persist, admin_compact],
+        route_handlers=[
+            ingest_events,
+            count,
+            sum_,
+            topk,
+            health,
+            ready,
+            stats,
+            admin_persist,
+            admin_compact,
+            console_page,
+            dashboard_page,
+            static,
+        ],
         exception_handlers=problem_handlers(),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="Tributary", version="1", path="/schema"),
