@@ -178,6 +178,8 @@ export class LineChart {
           width: 2,
           fill: fill && labels.length === 1 ? `${colors[i % colors.length]}22` : undefined,
           value: (_u, v) => (v === null || v === undefined ? '–' : formatNumber(v)),
+          // Dots while data is sparse, so a lone sample (a live chart's first) is visible at all.
+          points: { show: sparse, size: 6 },
         })),
       ],
       axes: [
@@ -202,6 +204,13 @@ export class LineChart {
     this.observer.disconnect();
     this.plot.destroy();
   }
+}
+
+function sparse(u, seriesIdx, idx0, idx1) {
+  const values = u.data[seriesIdx];
+  let present = 0;
+  for (let i = idx0; i <= idx1 && present < 40; i += 1) if (values[i] !== null && values[i] !== undefined) present += 1;
+  return present < 40;
 }
 
 function yRange(min, max) {

@@ -65,6 +65,7 @@ function saveDraft() {
 
 function setStatus(state, text, attrs = {}) {
   ui.status.dataset.state = state;
+  if (state === 'running') delete ui.status.dataset.serverCancelled;
   for (const [key, value] of Object.entries(attrs)) ui.status.dataset[key] = String(value);
   ui.status.replaceChildren(el('span', { class: 'dot', 'aria-hidden': 'true' }), el('span', { text }));
 }
@@ -119,14 +120,32 @@ function end(op) {
   return performance.now() - op.started;
 }
 
-/** Cancels the running operation on the server (by its query id) and aborts its request. */
+/**
+ * Cancels the running operation: aborts its request at once and tells the server to stop the
+ * query by its id. A Cancel that lands before the server has registered the query is answered
+ * `cancelled: false`, so the cancel is repeated for a short while until the server confirms.
+ */
 function stop(reason = 'cancelled') {
   const op = running;
   if (!op) return;
   op.cancelReason = reason;
-  // Tell the server first so the query stops there; aborting the fetch alone would leave it running.
-  cancelSql(op.queryId).catch(() => {});
   op.controller.abort();
+  if (op.kind !== 'core') cancelOnServer(op.queryId);
+}
+
+async function cancelOnServer(queryId, attempts = 8) {
+  for (let attempt = 0; attempt < attempts; attempt += 1) {
+    try {
+      if (await cancelSql(queryId)) {
+        // Say so on the status while it still shows this query: the server confirmed the stop.
+        if (ui.status.dataset.queryId === queryId) ui.status.dataset.serverCancelled = 'true';
+        return;
+      }
+    } catch {
+      // The node may be busy or gone; try again, the query may still be running there.
+    }
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
 }
 
 async function runQuery(sql, { push = true } = {}) {
@@ -231,7 +250,12 @@ async function callCore(kind, url) {
     const headline =
       kind === 'topk'
         ? null
-        : el('div', { class: 'big-number', text: String(answer.value ?? '–') }, el('span', { text: kind }));
+        : el(
+            'div',
+            { class: 'big-number' },
+            el('span', { class: 'value', text: String(answer.value ?? '–') }),
+            el('span', { class: 'unit', text: kind }),
+          );
     ui.results.replaceChildren(
       el('div', { class: 'api-answer', 'data-testid': 'api-answer' }, head, ...[headline].filter(Boolean), el('pre', { text: json })),
     );
