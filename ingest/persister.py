@@ -10,6 +10,7 @@ and WAL records at or below the committed position are skipped on replay.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 from ingest.buffer import Generation, LiveBuffer
@@ -47,6 +48,7 @@ class Persister:
         self._lock = threading.Lock()  # one persist at a time, in generation order
         self.persists = 0
         self.rows_persisted = 0
+        self.persist_seconds = 0.0  # wall time of all persists, for the persist-duration metric
 
     def due(self) -> bool:
         c = self.config
@@ -69,12 +71,14 @@ class Persister:
             return n
 
     def _persist(self, g: Generation) -> int:
+        t0 = time.perf_counter()
         parts = self.store.write(g.table())
         self.keys.persist(r for r in g.records if isinstance(r, KeyRecord))
         self.buffer.release(g, lambda: self.manifest.commit(add=parts, wal_seq=g.last_seq))
         self.wal.drop_through(g.last_seq)
         self.persists += 1
         self.rows_persisted += g.rows
+        self.persist_seconds += time.perf_counter() - t0
         if self.persists % self.config.key_log_rewrite_every == 0:
             self.keys.rewrite()
         return g.rows

@@ -13,6 +13,7 @@ import itertools
 import os
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -60,7 +61,8 @@ class Wal:
         self._seq = 0
         self._fh: object = None
         self._thread: threading.Thread | None = None
-        self.fsyncs = 0
+        self.fsyncs = 0  # group commits done (one fsync each when fsync is on)
+        self.fsync_seconds = 0.0  # time spent in write + fsync over all group commits
 
     # -- recovery ------------------------------------------------------------------------------
 
@@ -165,10 +167,12 @@ class Wal:
                     chunks.append(_HEADER.pack(_MAGIC, len(payload), self._seq, zlib.crc32(payload)))
                     chunks.append(payload)
                 fh = self._fh
+                t0 = time.perf_counter()
                 fh.write(b"".join(chunks))  # type: ignore[attr-defined]
                 fh.flush()  # type: ignore[attr-defined]
                 if self.config.fsync:
                     os.fdatasync(fh.fileno())  # type: ignore[attr-defined]
+                self.fsync_seconds += time.perf_counter() - t0
                 self.fsyncs += 1
                 self._seg_bytes += sum(len(c) for c in chunks)
             except BaseException as e:  # the disk failed: nobody in this group is acknowledged

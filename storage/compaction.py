@@ -7,6 +7,7 @@ next start), a crash after it leaves garbage (likewise): nothing is lost or coun
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from storage.manifest import Manifest, Part
@@ -28,6 +29,8 @@ class Compactor:
         self.store = store
         self.manifest = manifest
         self.config = config or CompactionConfig()
+        self.compactions = 0  # hours merged so far
+        self.compact_seconds = 0.0  # wall time of those merges, for the compaction-duration metric
 
     def candidates(self) -> list[list[Part]]:
         """Groups of parts worth merging, one group per hour, smallest parts first."""
@@ -46,8 +49,11 @@ class Compactor:
         return groups
 
     def compact_hour(self, parts: list[Part]) -> Part:
+        t0 = time.perf_counter()
         merged = self.store.merge(parts)
         self.manifest.commit(add=[merged], remove=[p.id for p in parts])
+        self.compactions += 1
+        self.compact_seconds += time.perf_counter() - t0
         return merged
 
     def run_once(self, force: bool = False) -> int:
