@@ -27,7 +27,7 @@ function el(tag, attrs = {}, ...children) {
 
 export { el };
 
-/** The table element for a `/v1/sql` JSON answer (only the first DRAW_LIMIT rows). */
+/** The scrolling table for a `/v1/sql` JSON answer (only the first DRAW_LIMIT rows). */
 export function resultTable(answer) {
   const { columns, rows } = answer;
   const numeric = columns.map((c) => isNumericType(c.type));
@@ -65,7 +65,8 @@ export function resultTable(answer) {
     });
     body.append(tr);
   });
-  return el('table', { class: 'results' }, el('thead', {}, head), el('tbody', {}, body));
+  // The wrapper scrolls both ways so the header can stick to its top while the rows move.
+  return el('div', { class: 'table-wrap' }, el('table', { class: 'results' }, el('thead', {}, head), el('tbody', {}, body)));
 }
 
 /** One line under the table saying what was drawn of what came back. */
