@@ -484,7 +484,8 @@ _AS_BINARY = {
 def _invalid_arrow_column(name: str, col: pa.ChunkedArray, error: Exception) -> MalformedBody:
     """A column failed full validation: name the row when it holds invalid UTF-8 (a Python loop,
     but only on this failure path), else call the stream corrupt."""
-    if name in _STRING_LIMITS:
+    # Arrow checks UTF-8 only once the offsets are known sound, so reading the values is then safe.
+    if name in _STRING_LIMITS and "UTF8" in str(error):
         try:
             row = 0
             for chunk in col.chunks:
@@ -499,7 +500,7 @@ def _invalid_arrow_column(name: str, col: pa.ChunkedArray, error: Exception) -> 
                     row += 1
         except UnicodeDecodeError:
             return MalformedBody(f"event {row}: {name} is not valid UTF-8", row=row, field=name)
-        except (pa.ArrowException, IndexError, KeyError, ValueError):
+        except (pa.ArrowException, IndexError, KeyError, ValueError, SystemError):
             pass
     return MalformedBody(f"corrupt Arrow data in column {name!r}: {error}", field=name)
 
