@@ -594,5 +594,14 @@ def test_any_bytes_only_ever_raise_batch_rejected(
     except BatchRejected as e:
         assert e.detail
     else:
-        assert table.schema == EVENT_SCHEMA and table.num_rows > 0
-        table.validate(full=True)
+        assert_obeys_rules(table)
+
+
+def assert_obeys_rules(table: pa.Table) -> None:
+    """What every table decode_events returns must satisfy, checked row by row in Python."""
+    assert table.schema == EVENT_SCHEMA and table.num_rows > 0
+    table.validate(full=True)
+    for row in table.to_pylist():
+        assert 0 <= row["timestamp"] <= NOW + DAY
+        assert 1 <= len(row["category"].encode()) <= 128 and "\0" not in row["category"]
+        assert 1 <= len(row["producer_id"].encode()) <= 256 and "\0" not in row["producer_id"]
