@@ -26,6 +26,7 @@ from query.engine import Aggregate, Engine, EngineConfig, TopEntry
 from storage.compaction import CompactionConfig, Compactor
 from storage.manifest import Manifest
 from storage.partition import PartitionConfig, PartitionStore
+from storage.retention import Retention, RetentionConfig
 from storage.schema import ShardHasher
 
 __all__ = ["Answer", "Node", "NodeConfig"]
@@ -45,6 +46,7 @@ class NodeConfig:
     compaction: CompactionConfig = field(default_factory=CompactionConfig)
     idempotency: IdempotencyConfig = field(default_factory=IdempotencyConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     tick_s: float = 0.25  # how often the background loop looks for work
     compact_every_s: float = 30.0
 
@@ -80,6 +82,7 @@ class Node:
             self.buffer, self.wal, self.store, self.manifest, self.keys, config.persist
         )
         self.compactor = Compactor(self.store, self.manifest, config.compaction)
+        self.retention = Retention(root, self.manifest, config.retention)
         self.engine = Engine(root, self.manifest, self.buffer, config.engine)
         self._stop = threading.Event()
         self._bg = threading.Thread(target=self._background, name="node-background", daemon=True)
@@ -126,6 +129,7 @@ class Node:
                 if time.monotonic() - last_compact >= self.config.compact_every_s:
                     last_compact = time.monotonic()
                     self.compactor.run_once()
+                self.retention.maybe_run()  # drops whole expired hours; a no-op when retention is off
             except Exception:  # keep serving; the next tick retries (data stays in WAL + buffer)
                 log.exception("background maintenance failed")
 
