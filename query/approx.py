@@ -8,11 +8,13 @@ tables of ``collapse_sketches``) that together cover the range asked; the engine
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Sequence
 from typing import Any, TypedDict
 
 import datasketches as ds
+import numpy as np
 import pyarrow as pa
 
 from query.errors import InvalidQuery, QueryError
@@ -31,6 +33,7 @@ __all__ = [
     "approx_quantiles",
     "approx_topk",
     "collapse_sketches",
+    "merge_topk",
 ]
 
 # HLL bounds at 3 standard deviations: a 1-in-20 miss (2 sd) would be seen by users weekly.
@@ -68,6 +71,7 @@ class TopProducer(TypedDict):
 class TopAnswer(TypedDict):
     producers: list[TopProducer]
     guaranteed: bool
+    exact: bool
     unlisted_upper_bound: int
     events: int
 
@@ -114,36 +118,70 @@ def approx_topk(rows: pa.Table, k: int, config: SketchConfig = SketchConfig()) -
 
     The bounds are hard, not probabilistic: each producer's true count lies within
     ``[lower_bound, upper_bound]``, and no producer left out has more than
-    ``unlisted_upper_bound`` events. Candidates are every producer the merged sketch still
-    tracks (``NO_FALSE_NEGATIVES`` at threshold 0): a producer it evicted had at most the
+    ``unlisted_upper_bound`` events. Candidates are every producer a merged sketch still
+    tracks (``NO_FALSE_NEGATIVES`` at threshold 0); a producer it evicted had at most that
     sketch's maximum error, which ``unlisted_upper_bound`` includes. ``guaranteed`` is true when
     the listed set is certainly the exact top-k set — every listed lower bound exceeds
-    ``unlisted_upper_bound`` — or when the sketch never evicted, in which case the counts, set
-    and order are all exact. The order within a guaranteed set may still differ from the exact
-    one where bounds overlap.
+    ``unlisted_upper_bound`` — or when no sketch ever evicted, in which case counts, set and
+    order are all exact. The order within a guaranteed set may differ from the exact one where
+    bounds overlap. ``exact`` says every count is exact (no sketch evicted anything).
+
+    Rows are merged per ``shard`` when that column is present: shards hold disjoint producers,
+    so a producer's error is its own shard's, not the sum over all shards (which would grow
+    with the shard count and rarely guarantee anything).
     """
     if k < 1:
         raise InvalidQuery(f"k must be at least 1, got {k}")
-    merged, lost = _merge_frequent(rows, config)
-    max_error = frequent_error(merged) + lost
-    # ``lost`` (see merge_frequent) widens every upper bound; lower bounds stay as they are.
-    items = sorted(
-        ((p, est, lb, ub + lost) for p, est, lb, ub in merged.get_frequent_items(ds.NO_FALSE_NEGATIVES, 0)),
-        key=lambda item: (-item[1], item[0]),
+    candidates: list[TopProducer] = []
+    unlisted = 0
+    exact = True
+    for part in _by_shard(rows):
+        merged, lost = _merge_frequent(part, config)
+        error = frequent_error(merged) + lost
+        exact = exact and error == 0
+        items = merged.get_frequent_items(ds.NO_FALSE_NEGATIVES, 0)
+        # Only a shard's own top k can make the global top k; the others count by their bound.
+        top = heapq.nsmallest(k, items, key=lambda item: (-item[1], item[0]))
+        chosen = {item[0] for item in top}
+        # ``lost`` (see merge_frequent) widens every upper bound; lower bounds stay as they are.
+        rest = max((ub for p, _, _, ub in items if p not in chosen), default=0)
+        unlisted = max(unlisted, error, rest + lost if len(items) > k else 0)
+        candidates += [
+            {"producer_id": p, "estimate": int(est), "lower_bound": int(lb), "upper_bound": int(ub + lost)}
+            for p, est, lb, ub in top
+        ]
+    return _top(candidates, k, unlisted, exact=exact, events=_events(rows))
+
+
+def merge_topk(answers: Sequence[TopAnswer], k: int) -> TopAnswer:
+    """Combine ``approx_topk`` answers over disjoint shards (one per node) into the answer over
+    all of them, with the same guarantees; each node needs to send only its top k."""
+    if k < 1:
+        raise InvalidQuery(f"k must be at least 1, got {k}")
+    # Exact per node means exact overall: the global top k are among the nodes' top k's.
+    exact = all(a["exact"] for a in answers)
+    return _top(
+        [p for a in answers for p in a["producers"]],
+        k,
+        max((a["unlisted_upper_bound"] for a in answers), default=0),
+        exact=exact,
+        events=sum(a["events"] for a in answers),
     )
-    listed, rest = items[:k], items[k:]
-    unlisted = max([max_error, *(ub for _, _, _, ub in rest)])
-    # Never evicted: every count is exact, so set and order are exact too.
-    exact = max_error == 0
-    guaranteed = exact or (len(listed) == k and min(lb for _, _, lb, _ in listed) > unlisted)
+
+
+def _top(candidates: list[TopProducer], k: int, unlisted: int, *, exact: bool, events: int) -> TopAnswer:
+    """Pick k of the candidates. ``unlisted`` bounds every producer not among them; ``exact``
+    says every candidate's count is exact and every producer is a candidate."""
+    ranked = sorted(candidates, key=lambda p: (-p["estimate"], p["producer_id"]))
+    listed, rest = ranked[:k], ranked[k:]
+    unlisted = max([unlisted, *(p["upper_bound"] for p in rest)])
+    guaranteed = exact or (len(listed) == k and min(p["lower_bound"] for p in listed) > unlisted)
     return {
-        "producers": [
-            {"producer_id": p, "estimate": int(est), "lower_bound": int(lb), "upper_bound": int(ub)}
-            for p, est, lb, ub in listed
-        ],
+        "producers": listed,
         "guaranteed": guaranteed,
-        "unlisted_upper_bound": int(unlisted),
-        "events": _events(rows),
+        "exact": exact,
+        "unlisted_upper_bound": unlisted,
+        "events": events,
     }
 
 
@@ -174,8 +212,10 @@ def approx_quantiles(rows: pa.Table, qs: Sequence[float], config: SketchConfig =
 
 def collapse_sketches(rows: pa.Table, config: SketchConfig = SketchConfig()) -> pa.Table:
     """Merge all rows into one ``COLLAPSED_SCHEMA`` row of at most ``config.max_bytes()`` per
-    sketch, answering exactly as the rows themselves do. A node ships this (a few kilobytes)
-    instead of its rows; the coordinator concatenates the nodes' rows and answers from them.
+    sketch. For distinct and quantiles it answers as the rows themselves do, so a node ships
+    this (a few kilobytes) instead of its rows and the coordinator answers from the nodes'
+    rows concatenated. Its top-k bounds are looser (the shards are merged together): for top-k
+    a node ships its ``approx_topk`` answer instead, combined with ``merge_topk``.
     """
     frequent, lost = _merge_frequent(rows, config)
     return pa.table(
@@ -217,6 +257,15 @@ def _merge_frequent(rows: pa.Table, config: SketchConfig) -> tuple[ds.frequent_s
         return merge_frequent(blobs, errors, config.frequent_lg_max_k)
     except SKETCH_DECODE_ERRORS as e:
         raise _unreadable("frequent", e) from e
+
+
+def _by_shard(rows: pa.Table) -> list[pa.Table]:
+    if "shard" not in rows.column_names or rows.num_rows == 0:
+        return [rows]
+    rows = rows.sort_by("shard")
+    shards = rows["shard"].to_numpy()
+    starts = [int(i) for i in np.flatnonzero(np.diff(shards)) + 1]
+    return [rows.slice(a, b - a) for a, b in zip([0, *starts], [*starts, rows.num_rows], strict=True)]
 
 
 def _events(rows: pa.Table) -> int:

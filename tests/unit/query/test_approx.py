@@ -16,6 +16,7 @@ from query.approx import (
     approx_quantiles,
     approx_topk,
     collapse_sketches,
+    merge_topk,
 )
 from query.errors import InvalidQuery, QueryError
 from storage.schema import HOUR_NS, STORED_SCHEMA, ShardHasher
@@ -165,6 +166,37 @@ def test_nodes_can_ship_collapsed_sketches() -> None:
     assert approx_quantiles(together, [0.5], CONFIG)["n"] == sum(sketches["n"].to_pylist())
 
 
+def test_topk_over_nodes_merges_to_bounds_that_hold() -> None:
+    rows = workload(16, n=60_000, producers=20_000, shards=16)
+    sketches = select(stored_sketches(rows), "hour", "a", T0, T0 + HOURS * HOUR_NS)
+    exact = Oracle(rows).counts("a", T0, T0 + HOURS * HOUR_NS)
+    nodes = [sketches.filter(pc.equal(pc.bit_wise_and(sketches["shard"], 3), r)) for r in range(4)]
+    for k in (3, 10, 40):
+        single = approx_topk(sketches, k, CONFIG)
+        merged = merge_topk([approx_topk(node, k, CONFIG) for node in nodes], k)
+        check_topk(dict(merged), exact, k)
+        assert merged["events"] == single["events"] == rows.filter(pc.equal(rows["category"], "a")).num_rows
+        # Per-shard errors do not add up across shards, so the bound beats merging all shards at once.
+        loose = approx_topk(sketches.drop_columns(["shard"]), k, CONFIG)
+        check_topk(dict(loose), exact, k)
+        assert single["unlisted_upper_bound"] < loose["unlisted_upper_bound"]
+    assert approx_topk(sketches, 3, CONFIG)["guaranteed"]
+
+
+def test_topk_of_exact_nodes_is_exact() -> None:
+    rows = workload(17, n=3_000, producers=12, shards=8)
+    sketches = build_sketches(rows)
+    exact = Oracle(rows).counts("b", T0, T0 + HOURS * HOUR_NS)
+    b = sketches.filter(pc.equal(sketches["category"], "b"))
+    nodes = [b.filter(pc.less(b["shard"], 4)), b.filter(pc.greater_equal(b["shard"], 4))]
+    for k in (1, 4, 12):
+        answer = merge_topk([approx_topk(node, k) for node in nodes], k)
+        assert answer["exact"] and answer["guaranteed"]
+        assert [(p["producer_id"], p["lower_bound"], p["upper_bound"]) for p in answer["producers"]] == [
+            (p, n, n) for p, n in exact[:k]
+        ]
+
+
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     events=st.lists(
@@ -201,7 +233,7 @@ def test_below_capacity_every_answer_is_exact(events: list[tuple[int, str, int]]
 
     exact = oracle.counts("a", T0, end)
     top = approx_topk(sketches, k)
-    assert top["guaranteed"] and top["unlisted_upper_bound"] <= (exact[k][1] if len(exact) > k else 0)
+    assert top["guaranteed"] and top["exact"] and top["unlisted_upper_bound"] <= (exact[k][1] if len(exact) > k else 0)
     assert [(p["producer_id"], p["estimate"], p["lower_bound"]) for p in top["producers"]] == [
         (p, n, n) for p, n in exact[:k]
     ]
