@@ -66,12 +66,12 @@ class SketchConfig:
     """Size/accuracy knobs of the sketches, fixed per deployment.
 
     - ``hll_lg_k`` (7..21): HLL of ``producer_id`` with 2^lg_k buckets; relative standard error
-      about 1.04 / sqrt(2^lg_k) (1.6 % at 12), at most ``2^lg_k / 2 + 40`` bytes.
+      about 1.04 / sqrt(2^lg_k) (1.6 % at 12); at most about 2^lg_k / 2 bytes (2.2 KB at 12).
     - ``frequent_lg_max_k`` (3..26): frequent-items map of 2^lg_max_k slots holding up to
       0.75 * 2^lg_max_k producers; a count is off by at most about 3.5 / 2^lg_max_k of the events
       (0.34 % at 10), and the sketch's own bounds on it are hard, not probabilistic.
-    - ``kll_k`` (8..65535): KLL of ``value``; normalized rank error 1.65 % at 200 (99 %
-      confidence). Values are summarised as float64, exact for |value| <= 2^53.
+    - ``kll_k`` (8..65535): KLL of ``value``; normalized rank error 1.33 % at 200 (99 %
+      confidence), at most about 8 * (3k + 512) bytes. Values are summarised as float64, exact for |value| <= 2^53.
     """
 
     hll_lg_k: int = 12
@@ -104,9 +104,9 @@ def build_sketches(rows: pa.Table, config: SketchConfig = SketchConfig()) -> pa.
     """Sketch raw rows (``STORED_SCHEMA`` columns) into one ``SKETCH_SCHEMA`` row per
     (category, shard, hour), sorted by those keys; ``hour`` is the timestamp floored to the hour.
 
-    The cost is a sort plus one sketch update per distinct (group, producer), not per event:
-    producers are pre-aggregated to (producer, event count) pairs, and values go to KLL as
-    one numpy array per group.
+    The cost is one hash aggregation plus one sketch update per distinct (group, producer), not
+    per event: producers are pre-aggregated to (producer, event count) pairs, and values go to
+    KLL as one numpy array per group (about 0.5 s for 1M rows of 100k producers).
     """
     if rows.num_rows == 0:
         return SKETCH_SCHEMA.empty_table()
@@ -199,7 +199,8 @@ def merge_sketch_tables(tables: Sequence[pa.Table], config: SketchConfig = Sketc
 
     A key present once is passed through byte for byte; rows sharing a key are merged into
     sketches of ``config``'s sizes (a larger stored sketch is down-sampled), so the result
-    summarises exactly the union of the inputs' rows and stays within ``config.max_bytes()``.
+    summarises exactly the union of the inputs' rows and stays within ``config.max_bytes()``
+    when the inputs were built with it.
     Raises ``StorageError`` if a stored sketch cannot be read.
     """
     parts = [t.select(SKETCH_SCHEMA.names).cast(SKETCH_SCHEMA) for t in tables if t.num_rows]
