@@ -29,6 +29,7 @@ Imports nothing of the server but ``storage.schema``.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import email.utils
 import json
 import logging
@@ -274,6 +275,8 @@ class Producer:
         self._url = self._given[0]
         self._on_error = on_error or _log_error
         self._rng = rng or random.Random()
+        # The spool first: SpoolLocked must not leave a connection pool behind.
+        self._spool = Spool(spool_dir, max_bytes=cfg.spool_max_bytes, fsync=cfg.spool_fsync) if spool_dir else None
         headers = {"User-Agent": "tributary-producer/1"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -282,7 +285,6 @@ class Producer:
             timeout=httpx.Timeout(cfg.request_timeout_s, connect=cfg.connect_timeout_s),
             transport=transport,
         )
-        self._spool = Spool(spool_dir, max_bytes=cfg.spool_max_bytes, fsync=cfg.spool_fsync) if spool_dir else None
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._abandon = threading.Event()
@@ -387,7 +389,8 @@ class Producer:
         with self._cond:
             if self._closing:
                 return
-        self.flush(self.config.close_timeout_s if timeout is None else timeout)
+        with contextlib.suppress(ProducerError):  # a dead sender thread: release what we hold anyway
+            self.flush(self.config.close_timeout_s if timeout is None else timeout)
         self._abandon.set()  # stop retrying: what is left goes to the spool
         with self._cond:
             self._closing = True
