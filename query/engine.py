@@ -23,7 +23,7 @@ from ingest.buffer import BufferView, LiveBuffer
 from query.errors import InvalidQuery, QueryTimeout
 from query.timerange import ceil_to, floor_to
 from storage.manifest import Manifest, ManifestState
-from storage.schema import HOUR_NS, MINUTE_NS
+from storage.schema import HOUR_NS, MINUTE_NS, STORED_SCHEMA
 
 __all__ = ["Aggregate", "Engine", "EngineConfig", "Snapshot", "TopEntry"]
 
@@ -264,6 +264,33 @@ class Engine:
                 yield from reader
             finally:
                 cur.close()
+
+    def slice_rows(self, slices: Sequence[tuple[int, int, Sequence[int]]]) -> pa.Table:
+        """The stored rows (``STORED_SCHEMA``) of the given (shard, hour, batch ids) slices, from
+        parts and live buffer alike: what a replica ships to another (cluster repair)."""
+        wanted = pa.table(
+            {
+                "w_shard": pa.array([s for s, _, ids in slices for _ in ids], pa.int64()),
+                "w_hour": pa.array([h for _, h, ids in slices for _ in ids], pa.int64()),
+                "w_batch": pa.array([b for _, _, ids in slices for b in ids], pa.int64()),
+            }
+        )
+        with self.snapshot() as snap:
+            files = sorted({f for _, h, _ in slices for f in snap.files("events", h, h + HOUR_NS)})
+            src = [f"SELECT * FROM {_parquet(files)}"] if files else []
+            src.append("SELECT * FROM buf_rows")
+            cur = self._db.cursor()
+            try:
+                cur.register("buf_rows", snap.buffer.rows)
+                cur.register("wanted", wanted)
+                out = cur.sql(
+                    f"SELECT r.* FROM ({' UNION ALL BY NAME '.join(src)}) r SEMI JOIN wanted w "
+                    f"ON r.shard = w.w_shard AND r.batch_id = w.w_batch "
+                    f"AND r.timestamp - r.timestamp % {HOUR_NS} = w.w_hour"
+                ).to_arrow_table()
+            finally:
+                cur.close()
+        return out.select(STORED_SCHEMA.names).cast(STORED_SCHEMA)
 
     def took_ms(self, t0: float) -> float:
         return round((time.perf_counter() - t0) * 1000, 3)
