@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.types import Send
 
 from cluster.errors import NotEnoughReplicas, PartialResult
 from ingest.errors import (
@@ -24,7 +26,7 @@ from ingest.errors import (
 from query.errors import InvalidQuery, QueryCancelled, QueryTimeout, SqlNotAllowed
 from storage.errors import TributaryError
 
-__all__ = ["PROBLEM_JSON", "problem", "problem_handlers"]
+__all__ = ["PROBLEM_JSON", "problem", "problem_handlers", "send_problem"]
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -45,12 +47,29 @@ _STATUS: dict[type[Exception], tuple[int, str, str]] = {
 }
 
 
+def _body(status: int, slug: str, title: str, detail: str, extra: dict[str, Any]) -> dict[str, Any]:
+    body = {"type": f"/problems/{slug}", "title": title, "status": status, "detail": detail}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return body
+
+
 def problem(
     status: int, slug: str, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> Response[dict[str, Any]]:
-    body = {"type": f"/problems/{slug}", "title": title, "status": status, "detail": detail}
-    body.update({k: v for k, v in extra.items() if v is not None})
+    body = _body(status, slug, title, detail, extra)
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+async def send_problem(
+    send: Send, status: int, slug: str, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> None:
+    """Answer a problem directly on the ASGI channel: for middleware that refuses a request
+    before any handler runs (auth, limits), with the same body shape as ``problem``."""
+    payload = msgspec.json.encode(_body(status, slug, title, detail, extra))
+    raw = [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(payload)).encode())]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": payload, "more_body": False})
 
 
 def _tributary_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -82,6 +101,7 @@ def _http_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str,
     slug = {
         404: "not-found",
         405: "method-not-allowed",
+        408: "request-timeout",
         413: "payload-too-large",
         401: "unauthorized",
         403: "forbidden",
