@@ -1,0 +1,162 @@
+"""The one way a node talks to its peers: ``/internal/*`` over a pooled httpx client.
+
+Every call carries the cluster secret and a deadline: probes get ``probe_timeout_s``, data calls
+``timeout_s``, so a hung peer (SIGSTOP) costs a caller at most that long. Every failure (refused,
+reset, timed out, or an error status) is raised as ``PeerError`` naming the peer, with the
+status and problem body when the peer answered; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from cluster.errors import PeerError
+from storage.shipping import ARROW_STREAM, PARQUET
+
+__all__ = ["SECRET_HEADER", "PeerClient", "PeerConfig"]
+
+SECRET_HEADER = "X-Tributary-Secret"
+
+# Probes run several times a second per peer; httpx's per-request INFO lines would drown the
+# node's own log (failures are raised as PeerError and logged where they matter).
+logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    secret: str = ""
+    connect_timeout_s: float = 1.0
+    timeout_s: float = 3.0  # a data call (write, query, digests) to a peer
+    probe_timeout_s: float = 1.0
+    ship_timeout_s: float = 30.0  # shipping a slice of partitions may take longer
+    max_connections: int = 64
+
+
+class PeerClient:
+    """Thread-safe; ``url_of`` resolves a node id to its base URL through the current map."""
+
+    def __init__(
+        self,
+        config: PeerConfig,
+        url_of: Callable[[str], str],
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.config = config
+        self._url_of = url_of
+        headers = {SECRET_HEADER: config.secret} if config.secret else {}
+        self._http = httpx.Client(
+            headers=headers,
+            timeout=httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s),
+            limits=httpx.Limits(max_connections=config.max_connections, max_keepalive_connections=32),
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _call(
+        self,
+        node_id: str,
+        method: str,
+        path: str,
+        *,
+        url: str | None = None,
+        timeout: float | None = None,
+        **kw: Any,
+    ) -> httpx.Response:
+        base = url or self._url_of(node_id)
+        t = timeout if timeout is not None else self.config.timeout_s
+        try:
+            r = self._http.request(
+                method, base + path, timeout=httpx.Timeout(t, connect=min(t, self.config.connect_timeout_s)), **kw
+            )
+        except httpx.HTTPError as e:
+            raise PeerError(f"{node_id} at {base}: {type(e).__name__}: {e}", node_id) from e
+        if r.status_code >= 400:
+            try:
+                body: Any = r.json()
+            except ValueError:
+                body = r.text[:500]
+            detail = body.get("detail") if isinstance(body, dict) else body
+            raise PeerError(f"{node_id} answered {r.status_code}: {detail}", node_id, r.status_code, body)
+        return r
+
+    def _json(self, node_id: str, method: str, path: str, **kw: Any) -> Any:
+        r = self._call(node_id, method, path, **kw)
+        try:
+            return r.json()
+        except ValueError as e:
+            raise PeerError(f"{node_id} answered a body that is not JSON", node_id, r.status_code) from e
+
+    # -- membership and health ------------------------------------------------------------------
+
+    def health(self, node_id: str, url: str | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = self._json(node_id, "GET", "/health", url=url, timeout=self.config.probe_timeout_s)
+        return out
+
+    def status(self, node_id: str, url: str | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = self._json(node_id, "GET", "/internal/status", url=url)
+        return out
+
+    def get_map(self, node_id: str, url: str | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = self._json(node_id, "GET", "/internal/map", url=url)
+        return out
+
+    def push_map(self, node_id: str, cmap: dict[str, Any], url: str | None = None) -> int:
+        return int(self._json(node_id, "POST", "/internal/map", url=url, json=cmap)["epoch"])
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def ingest(
+        self, node_id: str, body: bytes, *, epoch: int = 0, parquet: bool = False, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Store rows on a replica (durable there when this returns); ``epoch`` 0 skips the
+        replica's map check (hint replays and repair ship rows wherever they are wanted)."""
+        out: dict[str, Any] = self._json(
+            node_id,
+            "POST",
+            "/internal/ingest",
+            params={"epoch": epoch},
+            content=body,
+            headers={"content-type": PARQUET if parquet else ARROW_STREAM},
+            timeout=timeout if timeout is not None else (self.config.ship_timeout_s if parquet else None),
+        )
+        return out
+
+    def store_hint(self, node_id: str, target: str, body: bytes) -> dict[str, Any]:
+        """Ask ``node_id`` to keep rows for ``target`` as a durable hint."""
+        out: dict[str, Any] = self._json(
+            node_id,
+            "POST",
+            "/internal/hints",
+            params={"target": target},
+            content=body,
+            headers={"content-type": ARROW_STREAM},
+        )
+        return out
+
+    def query(self, node_id: str, request: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = self._json(node_id, "POST", "/internal/query", json=request, timeout=timeout)
+        return out
+
+    def digests(self, node_id: str, shards: Sequence[int] | None, level: str) -> list[list[int]]:
+        body = {"shards": None if shards is None else list(shards), "level": level}
+        out: list[list[int]] = self._json(node_id, "POST", "/internal/digests", json=body)["digests"]
+        return out
+
+    def batch_ids(self, node_id: str, slices: Sequence[tuple[int, int]]) -> dict[tuple[int, int], set[int]]:
+        body = {"slices": [list(s) for s in slices]}
+        got = self._json(node_id, "POST", "/internal/batches", json=body)["slices"]
+        return {(int(s), int(h)): {int(b) for b in ids} for s, h, ids in got}
+
+    def fetch(self, node_id: str, wanted: Sequence[tuple[int, int, Sequence[int]]]) -> bytes:
+        """Parquet of the rows of the named (shard, hour, batch ids) slices held by ``node_id``."""
+        body = {"slices": [[s, h, list(ids)] for s, h, ids in wanted]}
+        return self._call(node_id, "POST", "/internal/fetch", json=body, timeout=self.config.ship_timeout_s).content
