@@ -1,37 +1,75 @@
 """One Tributary process, wired: the only place that builds the parts of a node.
 
-``Node`` owns the data directory (WAL, partitions, manifest, idempotency log), the write path,
-the query engine and the background loop that persists the live buffer and compacts hours.
-Recovery happens in the constructor: the manifest is loaded, orphans of a crash are removed,
-and WAL records not yet persisted are replayed before the node takes traffic.
+``Node`` owns the data directory (WAL, partitions, manifest, idempotency log, hints, cluster
+map), the write path, the query engine, the background loop that persists the live buffer and
+compacts hours, and — when the map names other nodes — the cluster parts: peer client, failure
+detector, write fan-out, scatter-gather reads, repair and membership changes. Recovery happens
+in the constructor: the manifest is loaded, orphans of a crash are removed, and WAL records not
+yet persisted are replayed before the node takes traffic.
+
+A node alone in its map (no ``peers``) is a cluster of one and takes the local fast paths:
+``ingest`` goes straight to the WAL and reads straight to the engine.
 """
 
 from __future__ import annotations
 
+import contextlib
+import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import structlog
+import xxhash
 
+from cluster.detector import Detector, DetectorConfig
+from cluster.errors import MembershipError, NotServing, PartialResult, PeerError, StaleEpoch
+from cluster.hints import HintStore
+from cluster.holdings import BatchesExtra, Holdings
+from cluster.membership import ClusterMap, Member
+from cluster.peers import PeerClient, PeerConfig
+from cluster.reader import Reader, merge_aggregates, merge_topk
+from cluster.rebalance import Rebalancer, valid_node_id
+from cluster.repair import Repairer
+from cluster.upkeep import Upkeep, UpkeepConfig
+from cluster.writer import Writer
 from ingest.buffer import LiveBuffer
-from ingest.idempotency import IdempotencyConfig, IdempotencyIndex
-from ingest.ingestor import IngestConfig, Ingestor, IngestResult
+from ingest.idempotency import IdempotencyConfig, IdempotencyIndex, KeyRecord
+from ingest.ingestor import IngestConfig, Ingestor, IngestResult, batch_id_for
 from ingest.persister import PersistConfig, Persister
 from ingest.wal import Wal, WalConfig
 from query.engine import Aggregate, Engine, EngineConfig, TopEntry
+from query.sandbox import Sandbox, SandboxConfig, SqlResult, SqlStream
 from storage.compaction import CompactionConfig, Compactor
+from storage.eviction import evict_shards
 from storage.manifest import Manifest
 from storage.partition import PartitionConfig, PartitionStore
 from storage.retention import Retention, RetentionConfig
 from storage.schema import ShardHasher
 
-__all__ = ["Answer", "Node", "NodeConfig"]
+__all__ = ["Answer", "ClusterConfig", "Node", "NodeConfig"]
 
 log = structlog.get_logger("tributary.node")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """How this node finds and talks to the others. No ``peers``: a cluster of one."""
+
+    peers: tuple[Member, ...] = ()  # every member, this node included (from --peers)
+    rf: int = 2
+    url: str = "http://127.0.0.1:8321"  # how peers reach this node
+    peer: PeerConfig = field(default_factory=PeerConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    upkeep: UpkeepConfig = field(default_factory=UpkeepConfig)
+    read_timeout_s: float = 3.0  # a replica that does not answer a read in time is skipped
+    write_retries: int = 3  # re-routes after a peer says our map is stale
+    pool_threads: int = 32
 
 
 @dataclass(frozen=True)
@@ -46,7 +84,9 @@ class NodeConfig:
     compaction: CompactionConfig = field(default_factory=CompactionConfig)
     idempotency: IdempotencyConfig = field(default_factory=IdempotencyConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     tick_s: float = 0.25  # how often the background loop looks for work
     compact_every_s: float = 30.0
 
@@ -60,14 +100,20 @@ class Answer:
     missing_shards: tuple[int, ...] = ()
 
 
+def _map_id(cmap: ClusterMap) -> int:
+    """Orders maps of one epoch made concurrently on two nodes, so all nodes pick the same."""
+    return xxhash.xxh64_intdigest(repr(cmap.to_json()).encode()) >> 1
+
+
 class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
+        self.me = valid_node_id(config.node_id)
         root = config.data_dir
         root.mkdir(parents=True, exist_ok=True)
         self.started = time.time()
         self.manifest = Manifest(root)
-        self.store = PartitionStore(root, self.manifest, config.partition)
+        self.store = PartitionStore(root, self.manifest, config.partition, extras=[BatchesExtra()])
         self.store.remove_tmp_files()
         orphans = self.manifest.remove_orphans()
         self.buffer = LiveBuffer()
@@ -75,42 +121,314 @@ class Node:
         self.hasher = ShardHasher(config.shards)
         self.wal = Wal(root / "wal", config.wal)
         self.ingestor = Ingestor(self.wal, self.buffer, self.keys, self.hasher, config.ingest)
-        self.wal._on_durable = self.ingestor.on_durable
+        self.holdings = Holdings()
+        self.wal._on_durable = self._on_durable
         recovered = self.ingestor.recover(self.manifest.state.wal_seq)
+        self.holdings.load(root, self.manifest.state, self.buffer.view()[0].rows)
         self.wal.start()
-        self.persister = Persister(
-            self.buffer, self.wal, self.store, self.manifest, self.keys, config.persist
-        )
+        self.persister = Persister(self.buffer, self.wal, self.store, self.manifest, self.keys, config.persist)
         self.compactor = Compactor(self.store, self.manifest, config.compaction)
         self.retention = Retention(root, self.manifest, config.retention)
         self.engine = Engine(root, self.manifest, self.buffer, config.engine)
+        self.sandbox = Sandbox(config.sandbox)
+        self._maintenance = threading.Lock()  # compaction and eviction both replace parts
         self._stop = threading.Event()
+        self._build_cluster(config)
         self._bg = threading.Thread(target=self._background, name="node-background", daemon=True)
         self._bg.start()
         log.info(
             "node started",
-            node_id=config.node_id,
+            node_id=self.me,
             data=str(root),
             recovered_rows=recovered,
             orphans_removed=len(orphans),
             parts=len(self.manifest.state.parts),
+            epoch=self.cmap.epoch,
+            nodes=self.cmap.node_ids,
         )
+
+    def _on_durable(self, seq: int, ctx: object) -> None:
+        self.ingestor.on_durable(seq, ctx)
+        self.holdings.note(ctx[0])  # type: ignore[index]
+
+    # -- the cluster parts ----------------------------------------------------------------------
+
+    def _build_cluster(self, config: NodeConfig) -> None:
+        cc = config.cluster
+        self._map_lock = threading.Lock()
+        self.cmap = self._initial_map(cc)
+        self._serving = self.cmap.is_single(self.me)
+        self.hints = HintStore(config.data_dir)
+        self.peers = PeerClient(cc.peer, self._url_of)
+        self.pool = ThreadPoolExecutor(cc.pool_threads, thread_name_prefix="cluster")
+        self.detector = Detector(
+            self.me, self.peers, lambda: self.cmap.members, cc.detector, self._on_peer_health, self._on_stall
+        )
+        self.writer = Writer(
+            self.me, lambda: self.cmap, self.store_rows, self.peers, self.detector, self.hints, self.pool
+        )
+        self.reader = Reader(
+            self.me, lambda: self.cmap, self.peers, self.detector, self.pool, lambda: self.serving,
+            cc.read_timeout_s, self._on_stale,
+        )  # fmt: skip
+        self.repairer = Repairer(
+            self.me, lambda: self.cmap, self.holdings, self.peers, self.detector,
+            self.engine.slice_rows, self.store_rows, self._evict, self.retention.cutoff,
+        )  # fmt: skip
+        self.rebalancer = Rebalancer(self.me, lambda: self.cmap, self.publish, self.peers, self.detector, self.status)
+        self.upkeep = Upkeep(
+            self.me, lambda: self.cmap, self.peers, self.detector, self.hints, self.holdings,
+            self.repairer, self.rebalancer, self.writer.write, self._set_serving, cc.upkeep,
+        )  # fmt: skip
+        self.detector.start()
+        self.upkeep.start()
+        if not self._serving:
+            self.upkeep.catch_up_async("start")
+
+    def _initial_map(self, cc: ClusterConfig) -> ClusterMap:
+        if cc.peers:
+            if not any(m.node_id == self.me for m in cc.peers):
+                raise MembershipError(f"--peers does not name this node ({self.me})")
+            given = ClusterMap(1, cc.rf, self.config.shards, tuple(sorted(cc.peers, key=lambda m: m.node_id)))
+        else:  # a cluster of one at epoch 0: any real map pushed to it wins
+            given = ClusterMap(0, cc.rf, self.config.shards, (Member(self.me, cc.url),))
+        stored = ClusterMap.load(self.config.data_dir)
+        if stored is not None and stored.shards != self.config.shards:
+            raise MembershipError(
+                f"the data directory belongs to a cluster of {stored.shards} shards, not {self.config.shards}"
+            )
+        cmap = stored if stored is not None and stored.epoch >= given.epoch else given
+        cmap.save(self.config.data_dir)
+        return cmap
+
+    def _url_of(self, node_id: str) -> str:
+        return self.cmap.url_of(node_id)
+
+    @property
+    def serving(self) -> bool:
+        """Whether this node answers reads: not while catching up, nor when it may have stalled."""
+        return self._serving and (self.cmap.is_single(self.me) or not self.detector.lagging())
+
+    def _set_serving(self, value: bool) -> None:
+        self._serving = value
+
+    def adopt(self, cmap: ClusterMap) -> bool:
+        """Take ``cmap`` if it is newer than ours (higher epoch; same epoch: higher map id)."""
+        if cmap.shards != self.config.shards:
+            log.error("refusing a cluster map with another shard count", shards=cmap.shards)
+            return False
+        with self._map_lock:
+            cur = self.cmap
+            if (cmap.epoch, _map_id(cmap)) <= (cur.epoch, _map_id(cur)):
+                return False
+            cmap.save(self.config.data_dir)
+            self.cmap = cmap
+        log.info("cluster map adopted", epoch=cmap.epoch, nodes=[(m.node_id, m.state) for m in cmap.members])
+        self.upkeep.repair_soon()
+        return True
+
+    def publish(self, cmap: ClusterMap) -> None:
+        """Adopt ``cmap`` and push it to every node of the old and the new map (best effort:
+        nodes that miss it learn it from the epoch in the next probe)."""
+        old = self.cmap
+        self.adopt(cmap)
+        urls = {m.node_id: m.url for m in (*old.members, *cmap.members) if m.node_id != self.me}
+        body = cmap.to_json()
+        futures = [self.pool.submit(self.peers.push_map, n, body, url) for n, url in urls.items()]
+        for f in futures:
+            try:
+                f.result()
+            except PeerError as e:
+                log.info("map push failed; gossip will carry it", error=str(e)[:200])
+
+    def _on_peer_health(self, peer: str, body: dict[str, Any]) -> None:
+        theirs = (int(body.get("epoch", 0) or 0), int(body.get("map_id", 0) or 0))
+        cur = self.cmap
+        mine = (cur.epoch, _map_id(cur))
+        try:
+            if theirs > mine:
+                self.adopt(ClusterMap.from_json(self.peers.get_map(peer)))
+            elif theirs < mine:
+                self.peers.push_map(peer, cur.to_json())
+        except (PeerError, MembershipError) as e:
+            log.info("map exchange failed", peer=peer, error=str(e)[:200])
+
+    def _on_stale(self, peer: str) -> None:
+        self._on_peer_health(peer, {"epoch": 1 << 62})
+
+    def _on_stall(self, gap_s: float) -> None:
+        if not self.cmap.is_single(self.me):
+            self.upkeep.catch_up_async(f"stalled {gap_s:.1f}s")
 
     # -- writes ----------------------------------------------------------------------------------
 
     def ingest(self, events: pa.Table, *, key: str | None = None, fingerprint: int = 0) -> IngestResult:
-        """Durable (fsynced) when it returns; exactly once per Idempotency-Key."""
-        return self.ingestor.ingest(events, key=key, fingerprint=fingerprint)
+        """Durable when it returns — fsynced here for a cluster of one, on W disks per shard in a
+        cluster — and stored once per Idempotency-Key, whichever node a retry goes through."""
+        if self.cmap.is_single(self.me):
+            return self.ingestor.ingest(events, key=key, fingerprint=fingerprint)
+        if key is not None:
+            known = self.keys.begin(key, fingerprint)
+            if known is not None:
+                return IngestResult(known.accepted, duplicate=True)
+        try:
+            rows = self.ingestor.stored_rows(events, batch_id_for(key) if key else random.getrandbits(63))
+            for attempt in range(self.config.cluster.write_retries + 1):
+                try:
+                    out = self.writer.write(rows)
+                    break
+                except StaleEpoch:
+                    if attempt == self.config.cluster.write_retries:
+                        raise
+                    self.refresh_map()
+            if key is not None:
+                self.keys.finish(KeyRecord(key, fingerprint, rows.num_rows, time.time()))
+        except BaseException:
+            if key is not None:
+                self.keys.abort(key)
+            raise
+        return IngestResult(rows.num_rows, duplicate=out.duplicate)
+
+    def store_rows(self, rows: pa.Table, epoch: int = 0) -> tuple[int, bool]:
+        """Store stored-schema rows as a replica, each (shard, hour, batch) slice once; returns
+        (rows newly stored, whether all were already held). ``epoch`` (0: no check) refuses
+        writes routed by an older map than ours."""
+        if epoch and epoch < self.cmap.epoch:
+            raise StaleEpoch(f"routed by map epoch {epoch}; this node has {self.cmap.epoch}", self.cmap.epoch)
+        slices = self.holdings.slices_of(rows)
+        new = self.holdings.claim(slices)
+        try:
+            if not new:
+                return 0, True
+            part = rows if len(new) == len(slices) else self.holdings.select(rows, new)
+            self.ingestor.ingest(part)
+            return part.num_rows, False
+        finally:
+            self.holdings.release(new)
+
+    def store_hint(self, target: str, rows: pa.Table) -> None:
+        """Keep rows for ``target`` durably until it takes them (stored here if it is us)."""
+        if target == self.me:
+            self.store_rows(rows)
+        else:
+            self.hints.add(target, rows)
+
+    def refresh_map(self) -> None:
+        """Ask every up peer for its map and adopt the newest."""
+        for m in self.cmap.members:
+            if m.node_id != self.me and self.detector.is_up(m.node_id):
+                try:
+                    self.adopt(ClusterMap.from_json(self.peers.get_map(m.node_id)))
+                except (PeerError, MembershipError):
+                    continue
 
     # -- reads -----------------------------------------------------------------------------------
 
-    def aggregate(self, category: str, start: int, end: int, shards: Sequence[int] | None = None) -> Answer:
-        return Answer(self.engine.aggregate(category, start, end, shards))
+    def aggregate(
+        self, category: str, start: int, end: int, shards: Sequence[int] | None = None, *, strict: bool = False
+    ) -> Answer:
+        """Exact count and sum over the cluster (or over ``shards`` of this node only)."""
+        if shards is not None or self.cmap.is_single(self.me):
+            return Answer(self.engine.aggregate(category, start, end, shards))
+        g = self.reader.gather(
+            {"kind": "aggregate", "category": category, "start": start, "end": end},
+            lambda sh: self.engine.aggregate(category, start, end, sh),
+            lambda d: Aggregate(int(d["count"]), int(d["sum"])),
+        )
+        return self._complete(Answer(merge_aggregates(g.parts), bool(g.missing), g.missing), strict)
 
     def topk(
-        self, category: str, start: int, end: int, k: int, shards: Sequence[int] | None = None
+        self,
+        category: str,
+        start: int,
+        end: int,
+        k: int,
+        shards: Sequence[int] | None = None,
+        *,
+        strict: bool = False,
     ) -> Answer:
-        return Answer(self.engine.topk(category, start, end, k, shards))
+        """Exact top-k over the cluster (or over ``shards`` of this node only)."""
+        if shards is not None or self.cmap.is_single(self.me):
+            return Answer(self.engine.topk(category, start, end, k, shards))
+        self.engine.topk(category, 0, 0, k)  # validates k before any peer is asked
+        g = self.reader.gather(
+            {"kind": "topk", "category": category, "start": start, "end": end, "k": k},
+            lambda sh: self.engine.topk(category, start, end, k, sh),
+            lambda d: [TopEntry(str(p), int(c)) for p, c in d["top"]],
+        )
+        return self._complete(Answer(merge_topk(g.parts, k), bool(g.missing), g.missing), strict)
+
+    @staticmethod
+    def _complete(ans: Answer, strict: bool) -> Answer:
+        if strict and ans.partial:
+            raise PartialResult(f"{len(ans.missing_shards)} shard(s) have no live replica", list(ans.missing_shards))
+        return ans
+
+    def answer_peer(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A peer's scatter-gather request over some of our shards (``/internal/query``)."""
+        if not self.serving:
+            raise NotServing(f"{self.me} is catching up and does not answer reads yet")
+        epoch = int(request.get("epoch", 0))
+        if epoch < self.cmap.epoch:
+            raise StaleEpoch(f"routed by map epoch {epoch}; this node has {self.cmap.epoch}", self.cmap.epoch)
+        shards = [int(s) for s in request["shards"]]
+        cat, start, end = str(request["category"]), int(request["start"]), int(request["end"])
+        if request.get("kind") == "topk":
+            top = self.engine.topk(cat, start, end, int(request["k"]), shards)
+            return {"top": [[t.producer_id, t.count] for t in top]}
+        agg = self.engine.aggregate(cat, start, end, shards)
+        return {"count": agg.count, "sum": agg.sum}
+
+    # -- membership and state --------------------------------------------------------------------
+
+    def join(self, node_id: str, url: str) -> ClusterMap:
+        return self.rebalancer.join(node_id, url)
+
+    def leave(self, node_id: str) -> ClusterMap:
+        return self.rebalancer.leave(node_id)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "node_id": self.me,
+            "epoch": self.cmap.epoch,
+            "map_id": _map_id(self.cmap),
+            "serving": self.serving,
+        }
+
+    def status(self) -> dict[str, Any]:
+        """What peers and the change driver ask (``/internal/status``)."""
+        return {
+            "node_id": self.me,
+            "epoch": self.cmap.epoch,
+            "serving": self.serving,
+            "pending": self.repairer.pending(),
+            "hints": self.hints.counts(),
+            "held_shards": self.holdings.shards(),
+        }
+
+    def cluster_info(self) -> dict[str, Any]:
+        """The map with live health, per-node shard counts and every shard's replicas."""
+        cmap = self.cmap
+        health = self.detector.snapshot()
+        reads = cmap.read_map.load()
+        nodes = []
+        for m in cmap.members:
+            h = health.get(m.node_id)
+            up = True if m.node_id == self.me else (h.up if h else True)
+            serving = self.serving if m.node_id == self.me else (bool(h and h.up and h.serving) if h else True)
+            nodes.append(
+                {"node_id": m.node_id, "url": m.url, "state": m.state, "up": up, "serving": serving,
+                 "shards": reads.get(m.node_id, 0)}
+            )  # fmt: skip
+        return {
+            **cmap.to_json(),
+            "w": cmap.w,
+            "node_id": self.me,
+            "nodes": nodes,
+            "in_transition": cmap.in_transition,
+            "replicas": [list(r) for r in cmap.read_map.all_replicas()],
+        }
 
     # -- maintenance -----------------------------------------------------------------------------
 
@@ -118,7 +436,16 @@ class Node:
         return self.persister.persist()
 
     def compact_now(self, force: bool = True) -> int:
-        return self.compactor.run_once(force=force)
+        with self._maintenance:
+            return self.compactor.run_once(force=force)
+
+    def _evict(self, shards: list[int]) -> int:
+        """Remove ``shards`` from this node (claims on them are blocked by the caller)."""
+        with self._maintenance:
+            self.persister.persist()  # rows still in memory go to parts first, then all go
+            removed = evict_shards(self.store, self.manifest, shards)
+        self.holdings.forget(shards)
+        return removed
 
     def _background(self) -> None:
         last_compact = time.monotonic()
@@ -128,14 +455,39 @@ class Node:
                     self.persister.persist()
                 if time.monotonic() - last_compact >= self.config.compact_every_s:
                     last_compact = time.monotonic()
-                    self.compactor.run_once()
-                self.retention.maybe_run()  # drops whole expired hours; a no-op when retention is off
+                    with self._maintenance:
+                        self.compactor.run_once()
+                run = self.retention.maybe_run()  # drops whole expired hours; a no-op when retention is off
+                cut = self.retention.cutoff()
+                if run is not None and run.hours and cut is not None:
+                    self.holdings.forget_through(cut)
             except Exception:  # keep serving; the next tick retries (data stays in WAL + buffer)
                 log.exception("background maintenance failed")
 
+    # -- SQL (this node's data; read-only sandbox) ---------------------------------------------
+
+    def sql(self, sql: str, *, query_id: str | None = None, max_rows: int | None = None) -> SqlResult:
+        """Run one read-only statement over the views ``events``, ``rollup_minute`` and
+        ``rollup_producer_hour`` of this node's data (parts + live buffer)."""
+        with self.engine.snapshot() as snap:
+            return self.sandbox.run(sql, self.engine.define_views(snap), query_id=query_id, max_rows=max_rows)
+
+    @contextlib.contextmanager
+    def sql_stream(
+        self, sql: str, *, query_id: str | None = None, max_rows: int | None = None
+    ) -> Iterator[SqlStream]:
+        """``sql`` as a stream of record batches, for exports that never hold the whole result."""
+        with self.engine.snapshot() as snap, self.sandbox.stream(
+            sql, self.engine.define_views(snap), query_id=query_id, max_rows=max_rows
+        ) as stream:
+            yield stream
+
+    def sql_cancel(self, query_id: str) -> bool:
+        return self.sandbox.cancel(query_id)
+
     def stats(self) -> dict[str, object]:
         return {
-            "node_id": self.config.node_id,
+            "node_id": self.me,
             "events_total": self.ingestor.events_total,
             "batches_total": self.ingestor.batches_total,
             "buffer_rows": self.buffer.total_rows,
@@ -144,17 +496,25 @@ class Node:
             "persists": self.persister.persists,
             "wal_fsyncs": self.wal.fsyncs,
             "uptime_s": round(time.time() - self.started, 3),
+            "epoch": self.cmap.epoch,
+            "serving": self.serving,
+            "hints_waiting": sum(self.hints.counts().values()),
+            "hints_replayed": self.upkeep.hints_replayed,
+            "repair_shipped_rows": self.repairer.shipped_rows,
+            "repair_fetched_rows": self.repairer.fetched_rows,
+            "evicted_shards": self.repairer.evicted_shards,
         }
 
     def close(self, persist: bool = True) -> None:
         """Stop background work; with ``persist``, flush the buffer to Parquet first."""
         self._stop.set()
+        self.upkeep.stop()
+        self.detector.stop()
         self._bg.join()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.peers.close()
         if persist:
             self.persister.persist()
         self.wal.close()
         self.engine.close()
         self.store.close()
-
-
-_ = Aggregate, TopEntry  # re-exported types used by callers of Answer.value

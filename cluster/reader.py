@@ -1,0 +1,153 @@
+"""Scatter-gather reads: one live replica per shard, each node asked for its shard list, merged.
+
+The coordinator picks for every shard a replica that is up and serving (itself first, then the
+least loaded by this query), sends each chosen node the list of its shards, and merges: counts
+and sums add up; top-k lists are merged exactly, because a producer lives in one shard, so each
+node's local top-k over its shards holds every producer of the global top-k it could supply.
+A node that fails or does not answer within the timeout has its shards moved to another replica
+in the next round; a shard left with none is reported missing (``partial``), never guessed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import structlog
+
+from cluster.detector import Detector
+from cluster.errors import PeerError
+from cluster.membership import ClusterMap
+from cluster.peers import PeerClient
+from query.engine import Aggregate, TopEntry
+
+__all__ = ["Gathered", "Reader", "merge_aggregates", "merge_topk", "plan"]
+
+log = structlog.get_logger("tributary.reader")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Gathered(Generic[T]):
+    parts: list[T]
+    missing: tuple[int, ...]
+    asked: dict[str, list[int]]  # node -> shards it answered for
+
+
+def merge_aggregates(parts: Sequence[Aggregate]) -> Aggregate:
+    return Aggregate(sum(p.count for p in parts), sum(p.sum for p in parts))
+
+
+def merge_topk(parts: Sequence[Sequence[TopEntry]], k: int) -> list[TopEntry]:
+    """The global top-k from per-node top-k lists over disjoint shard sets (count desc, id asc)."""
+    totals: dict[str, int] = {}
+    for part in parts:
+        for e in part:
+            totals[e.producer_id] = totals.get(e.producer_id, 0) + e.count
+    ranked = sorted(totals.items(), key=lambda pc: (-pc[1], pc[0]))
+    return [TopEntry(p, c) for p, c in ranked[:k]]
+
+
+def plan(
+    shards: Sequence[int],
+    candidates: Callable[[int], Sequence[str]],
+    prefer: str,
+) -> tuple[dict[str, list[int]], list[int]]:
+    """Assign each shard to one of its candidates: ``prefer`` when it is one, else the one
+    given fewest shards so far (ties: candidate order). Returns (node -> shards, missing)."""
+    load: dict[str, list[int]] = {}
+    missing = []
+    for s in shards:
+        cands = candidates(s)
+        if not cands:
+            missing.append(s)
+            continue
+        pick = prefer if prefer in cands else min(cands, key=lambda n: len(load.get(n, ())))
+        load.setdefault(pick, []).append(s)
+    return load, missing
+
+
+class Reader:
+    def __init__(
+        self,
+        me: str,
+        cmap: Callable[[], ClusterMap],
+        peers: PeerClient,
+        detector: Detector,
+        pool: Executor,
+        serving: Callable[[], bool],
+        timeout_s: float,
+        on_stale: Callable[[str], None] | None = None,
+    ) -> None:
+        self.me = me
+        self.cmap = cmap
+        self.peers = peers
+        self.detector = detector
+        self.pool = pool
+        self.serving = serving
+        self.timeout_s = timeout_s
+        self.on_stale = on_stale
+
+    def _eligible(self, node: str) -> bool:
+        if node == self.me:
+            return self.serving()
+        return self.detector.is_serving(node)
+
+    def gather(
+        self,
+        request: dict[str, Any],
+        local: Callable[[list[int]], T],
+        decode: Callable[[dict[str, Any]], T],
+    ) -> Gathered[T]:
+        """Run ``request`` over every shard: ``local(shards)`` here, ``/internal/query`` there."""
+        cmap = self.cmap()
+        tried: dict[int, set[str]] = {}
+
+        def candidates(s: int) -> list[str]:
+            return [n for n in cmap.read_replicas(s) if n not in tried.get(s, ()) and self._eligible(n)]
+
+        todo = list(range(cmap.shards))
+        parts: list[T] = []
+        asked: dict[str, list[int]] = {}
+        missing: list[int] = []
+        for _ in range(max(1, cmap.rf) + 1):
+            assignment, lost = plan(todo, candidates, self.me)
+            missing += lost
+            if not assignment:
+                break
+            futures: dict[str, Future[T]] = {}
+            for node, shards in assignment.items():
+                for s in shards:
+                    tried.setdefault(s, set()).add(node)
+                if node == self.me:
+                    futures[node] = self.pool.submit(local, shards)
+                else:
+                    body = {**request, "shards": shards, "epoch": cmap.epoch}
+                    futures[node] = self.pool.submit(self._remote, node, body, decode)
+            todo = []
+            for node, fut in futures.items():
+                try:
+                    parts.append(fut.result())
+                    asked[node] = assignment[node]
+                except Exception as e:
+                    log.info("replica failed a read; trying another", replica=node, error=str(e)[:200])
+                    todo += assignment[node]
+            if not todo:
+                break
+        missing += todo
+        return Gathered(parts, tuple(sorted(set(missing))), asked)
+
+    def _remote(self, node: str, body: dict[str, Any], decode: Callable[[dict[str, Any]], T]) -> T:
+        try:
+            return decode(self.peers.query(node, body, timeout=self.timeout_s))
+        except PeerError as e:
+            if e.status == 0:
+                self.detector.suspect(node)
+            elif e.status == 503:
+                self.detector.not_serving(node)
+            elif e.status == 409 and self.on_stale is not None:
+                self.on_stale(node)
+            raise
