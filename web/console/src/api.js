@@ -38,21 +38,64 @@ async function failure(response) {
   return new ApiError(response.status, problem);
 }
 
-async function getJson(path, { signal } = {}) {
-  const response = await fetch(path, { headers: { Accept: 'application/json' }, signal });
+const TOKEN_KEY = 'tributary.token.v1';
+let promptForToken = null;
+
+/** The bearer token this browser keeps for the node ('' for none); nodes without tokens ignore it. */
+export function currentToken() {
+  try {
+    return localStorage.getItem(TOKEN_KEY) || '';
+  } catch {
+    return '';
+  }
+}
+
+export function saveToken(token) {
+  try {
+    if (token) localStorage.setItem(TOKEN_KEY, token);
+    else localStorage.removeItem(TOKEN_KEY);
+  } catch {
+    // No storage: the token lasts until the tab closes, through the dialog asking again.
+  }
+}
+
+/**
+ * Sets what a 401 does: `ask()` resolves true once the user has given a token, false if they
+ * declined. Only one request waits on the dialog; the others share its answer.
+ */
+export function onUnauthorized(ask) {
+  let pending = null;
+  promptForToken = () => {
+    pending ??= ask().finally(() => {
+      pending = null;
+    });
+    return pending;
+  };
+}
+
+async function send(path, init, { retry = true } = {}) {
+  const token = currentToken();
+  const headers = { ...init.headers, ...(token ? { Authorization: `Bearer ${token}` } : {}) };
+  const response = await fetch(path, { ...init, headers });
+  if (response.status === 401 && retry && promptForToken && !init.signal?.aborted) {
+    if (await promptForToken()) return send(path, init, { retry: false });
+  }
   if (!response.ok) throw await failure(response);
+  return response;
+}
+
+async function getJson(path, { signal } = {}) {
+  const response = await send(path, { headers: { Accept: 'application/json' }, signal });
   return parseJson(await response.text());
 }
 
-async function postJson(path, body, { signal } = {}) {
-  const response = await fetch(path, {
+function postJson(path, body, { signal } = {}) {
+  return send(path, {
     method: 'POST',
     headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
     body: JSON.stringify(body),
     signal,
   });
-  if (!response.ok) throw await failure(response);
-  return response;
 }
 
 /** A client-chosen query id, so Cancel can name the query while its answer is still on the way. */

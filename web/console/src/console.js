@@ -9,6 +9,7 @@ import { formatDuration } from './format.js';
 import { clearHistory, loadHistory, remember } from './history.js';
 import { CATEGORIES_SQL, EXAMPLES, renderExamples, renderHistory, renderSchema, wireCoreQueries } from './panels.js';
 import { el, resultFooter, resultTable } from './results.js';
+import { installTokenPrompt } from './token.js';
 
 // Rows asked of the server for the table and chart; Export always fetches the whole result.
 const MAX_ROWS = 10_000;
@@ -323,6 +324,8 @@ async function loadNode() {
     $('#node').textContent = '';
   }
 }
+
+installTokenPrompt();
 
 const isMac = /Mac|iPhone|iPad/.test(navigator.platform);
 for (const kbd of document.querySelectorAll('kbd.mod')) kbd.textContent = isMac ? '⌘' : 'Ctrl';

@@ -7,6 +7,7 @@ import { LineChart, planChart } from './chart.js';
 import { formatCompact } from './format.js';
 import { CATEGORIES_SQL } from './panels.js';
 import { el } from './results.js';
+import { installTokenPrompt } from './token.js';
 
 const STATS_EVERY_MS = 2_000;
 const SLOW_EVERY_MS = 10_000;
@@ -271,6 +272,7 @@ async function pollCluster() {
   }
 }
 
+installTokenPrompt();
 every(STATS_EVERY_MS, pollStats);
 const refreshCategories = every(SLOW_EVERY_MS, pollCategories);
 every(SLOW_EVERY_MS, loadCategoryChoices);
