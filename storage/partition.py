@@ -47,7 +47,9 @@ class PartitionConfig:
 
 class PartExtra(Protocol):
     """Something more to build beside each part (e.g. sketches): built from the part's rows,
-    merged from parts' files on compaction, never rebuilt from raw rows."""
+    merged from parts' files on compaction, never rebuilt from raw rows. When some of the parts
+    merged have no file of this kind (written before it was enabled), ``build`` runs once over
+    the merged rows instead. ``build`` and ``merge`` leave ``path`` fsynced."""
 
     kind: str
 
@@ -167,7 +169,13 @@ class PartitionStore:
                 )
                 for extra in self.extras:
                     tmp = str(self.root / files[extra.kind]) + ".tmp"
-                    extra.merge(cur, [p.path(self.root, extra.kind) for p in parts], tmp)
+                    if all(extra.kind in p.files for p in parts):
+                        extra.merge(cur, [p.path(self.root, extra.kind) for p in parts], tmp)
+                    else:
+                        # A part written before this extra was enabled has no file of it: build
+                        # the merged part's once from its rows, so the hour has one from now on.
+                        cur.execute(f"CREATE OR REPLACE TEMP VIEW part_rows AS SELECT * FROM {srcs('events')}")
+                        extra.build(cur, "part_rows", tmp)
                     os.replace(tmp, self.root / files[extra.kind])
             finally:
                 cur.close()
