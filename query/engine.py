@@ -19,10 +19,12 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from ingest.buffer import BufferView, LiveBuffer
+from ingest.buffer import MINUTE_ROLLUP_SCHEMA, BufferView, LiveBuffer
 from query.errors import InvalidQuery, QueryTimeout
+from query.sandbox import register_parquet
 from query.timerange import ceil_to, floor_to
 from storage.manifest import Manifest, ManifestState
+from storage.rollup import PRODUCER_ROLLUP_SCHEMA
 from storage.schema import HOUR_NS, MINUTE_NS, STORED_SCHEMA
 
 __all__ = ["Aggregate", "Engine", "EngineConfig", "Snapshot", "TopEntry"]
@@ -220,27 +222,23 @@ class Engine:
 
     def define_views(self, snap: Snapshot) -> Callable[[duckdb.DuckDBPyConnection], None]:
         """A function that creates the SQL views ``events``, ``rollup_minute`` and
-        ``rollup_producer_hour`` over ``snap`` on a given connection."""
+        ``rollup_producer_hour`` over ``snap`` on a sandboxed connection: Parquet parts are
+        handed over as pyarrow datasets and the buffer as Arrow tables, so DuckDB itself never
+        gets a file path (see ``query/sandbox.py`` for why)."""
 
         def define(con: duckdb.DuckDBPyConnection) -> None:
-            con.register("buf_rows", snap.buffer.rows)
-            con.register("buf_rollup", snap.buffer.rollup)
-            views = {
-                "events": ("events", "buf_rows"),
-                "rollup_minute": ("rollup_minute", "buf_rollup"),
-                "rollup_producer_hour": ("rollup_producer", None),
+            sources = {
+                "events": ("events", STORED_SCHEMA, snap.buffer.rows),
+                "rollup_minute": ("rollup_minute", MINUTE_ROLLUP_SCHEMA, snap.buffer.rollup),
+                "rollup_producer_hour": ("rollup_producer", PRODUCER_ROLLUP_SCHEMA, None),
             }
-            for name, (kind, buf) in views.items():
-                files = snap.all_files(kind)
-                parts = [f"SELECT * FROM {_parquet(files)}"] if files else []
-                if buf is not None:
-                    parts.append(f"SELECT * FROM {buf}")
-                if not parts:  # no persisted producer rollups yet: an empty view of the right shape
-                    parts.append(
-                        "SELECT ''::VARCHAR AS category, 0::USMALLINT AS shard, 0::BIGINT AS hour, "
-                        "''::VARCHAR AS producer_id, 0::BIGINT AS count, 0::DECIMAL(38,0) AS sum WHERE false"
-                    )
-                con.execute(f"CREATE OR REPLACE VIEW {name} AS " + " UNION ALL BY NAME ".join(parts))
+            for name, (kind, schema, buffered) in sources.items():
+                register_parquet(con, f"{name}_parts", snap.all_files(kind), schema)
+                sql = f"CREATE VIEW {name} AS SELECT * FROM {name}_parts"
+                if buffered is not None:
+                    con.register(f"{name}_buffer", buffered)
+                    sql += f" UNION ALL BY NAME SELECT * FROM {name}_buffer"
+                con.execute(sql)
 
         return define
 

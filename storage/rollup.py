@@ -7,17 +7,31 @@ int64 sums overflow, and DuckDB would write HUGEINT to Parquet as a lossy DOUBLE
 
 from __future__ import annotations
 
+import pyarrow as pa
+
 from storage.schema import HOUR_NS, MINUTE_NS
 
 __all__ = [
     "MERGE_MINUTE_SQL",
     "MERGE_PRODUCER_SQL",
     "MINUTE_ROLLUP_SQL",
+    "PRODUCER_ROLLUP_SCHEMA",
     "PRODUCER_ROLLUP_SQL",
     "SUM_TYPE",
 ]
 
 SUM_TYPE = "DECIMAL(38,0)"
+
+PRODUCER_ROLLUP_SCHEMA = pa.schema(
+    [
+        ("category", pa.string()),
+        ("shard", pa.uint16()),
+        ("hour", pa.int64()),
+        ("producer_id", pa.string()),
+        ("count", pa.int64()),
+        ("sum", pa.decimal128(38, 0)),
+    ]
+)
 
 # Each takes the name of a relation with STORED_SCHEMA columns (``{src}``).
 MINUTE_ROLLUP_SQL = f"""
