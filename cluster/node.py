@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 import structlog
@@ -43,7 +43,19 @@ from ingest.idempotency import IdempotencyConfig, IdempotencyIndex, KeyRecord
 from ingest.ingestor import IngestConfig, Ingestor, IngestResult, batch_id_for
 from ingest.persister import PersistConfig, Persister
 from ingest.wal import Wal, WalConfig
+from query.approx import DistinctAnswer, QuantileAnswer, TopAnswer
+from query.approx import merge_topk as merge_approx_topk
+from query.approxengine import (
+    ApproxConfig,
+    ApproxEngine,
+    ExactQuantiles,
+    from_wire,
+    merge_distinct,
+    merge_quantiles,
+    to_wire,
+)
 from query.engine import Aggregate, Engine, EngineConfig, TopEntry
+from query.errors import InvalidQuery
 from query.sandbox import Sandbox, SandboxConfig, SqlResult, SqlStream
 from storage.compaction import CompactionConfig, Compactor
 from storage.eviction import evict_shards
@@ -51,6 +63,7 @@ from storage.manifest import Manifest
 from storage.partition import PartitionConfig, PartitionStore
 from storage.retention import Retention, RetentionConfig
 from storage.schema import ShardHasher
+from storage.sketchfile import SketchExtra
 
 __all__ = ["Answer", "ClusterConfig", "Node", "NodeConfig"]
 
@@ -87,6 +100,8 @@ class NodeConfig:
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    sketches: bool = True  # build sketch files beside parts for approximate answers (issue 7)
+    approx: ApproxConfig = field(default_factory=ApproxConfig)  # sketch sizes, most quantiles
     tick_s: float = 0.25  # how often the background loop looks for work
     compact_every_s: float = 30.0
 
@@ -113,7 +128,8 @@ class Node:
         root.mkdir(parents=True, exist_ok=True)
         self.started = time.time()
         self.manifest = Manifest(root)
-        self.store = PartitionStore(root, self.manifest, config.partition, extras=[BatchesExtra()])
+        sketches = [SketchExtra(config.approx.sketch)] if config.sketches else []
+        self.store = PartitionStore(root, self.manifest, config.partition, extras=[BatchesExtra(), *sketches])
         self.store.remove_tmp_files()
         orphans = self.manifest.remove_orphans()
         self.buffer = LiveBuffer()
@@ -130,6 +146,7 @@ class Node:
         self.compactor = Compactor(self.store, self.manifest, config.compaction)
         self.retention = Retention(root, self.manifest, config.retention)
         self.engine = Engine(root, self.manifest, self.buffer, config.engine)
+        self.approx = ApproxEngine(self.engine, config.approx)
         self.sandbox = Sandbox(config.sandbox)
         self._maintenance = threading.Lock()  # compaction and eviction both replace parts
         self._stop = threading.Event()
@@ -346,8 +363,12 @@ class Node:
         shards: Sequence[int] | None = None,
         *,
         strict: bool = False,
+        approx: bool = False,
     ) -> Answer:
-        """Exact top-k over the cluster (or over ``shards`` of this node only)."""
+        """Exact top-k over the cluster (or over ``shards`` of this node only); with ``approx``
+        a ``query.approx.TopAnswer`` from sketches, with per-producer bounds."""
+        if approx:
+            return self.topk_approx(category, start, end, k, shards, strict=strict)
         if shards is not None or self.cmap.is_single(self.me):
             return Answer(self.engine.topk(category, start, end, k, shards))
         self.engine.topk(category, 0, 0, k)  # validates k before any peer is asked
@@ -357,6 +378,90 @@ class Node:
             lambda d: [TopEntry(str(p), int(c)) for p, c in d["top"]],
         )
         return self._complete(Answer(merge_topk(g.parts, k), bool(g.missing), g.missing), strict)
+
+    # -- distinct, quantiles, approximate top-k (issue 7) -----------------------------------------
+    # Each answer is ``*_partial`` per node over its shards, combined by ``merge_*``; on a
+    # cluster of one (or for given ``shards``) the engine answers directly.
+
+    def distinct(
+        self,
+        category: str,
+        start: int,
+        end: int,
+        approx: bool = False,
+        shards: Sequence[int] | None = None,
+        *,
+        strict: bool = False,
+    ) -> Answer:
+        """Distinct producers: an ``int``, or with ``approx`` a ``query.approx.DistinctAnswer``."""
+        if shards is not None or self.cmap.is_single(self.me):
+            return Answer(self.approx.distinct(category, start, end, approx=approx, shards=shards))
+        raise self._not_gathered("distinct")
+
+    def quantiles(
+        self,
+        category: str,
+        start: int,
+        end: int,
+        qs: Sequence[float],
+        approx: bool = False,
+        shards: Sequence[int] | None = None,
+        *,
+        strict: bool = False,
+    ) -> Answer:
+        """Quantiles of ``value``: ``ExactQuantiles``, or with ``approx`` a ``QuantileAnswer``."""
+        if shards is not None or self.cmap.is_single(self.me):
+            return Answer(self.approx.quantiles(category, start, end, qs, approx=approx, shards=shards))
+        raise self._not_gathered("quantiles")
+
+    def topk_approx(
+        self,
+        category: str,
+        start: int,
+        end: int,
+        k: int,
+        shards: Sequence[int] | None = None,
+        *,
+        strict: bool = False,
+    ) -> Answer:
+        """Approximate top-k from frequent-items sketches: a ``query.approx.TopAnswer``."""
+        if shards is not None or self.cmap.is_single(self.me):
+            return Answer(self.approx.topk(category, start, end, k, shards))
+        raise self._not_gathered("approximate top-k")
+
+    def distinct_partial(
+        self, category: str, start: int, end: int, approx: bool, shards: Sequence[int]
+    ) -> dict[str, Any]:
+        """This node's part of ``distinct`` over ``shards``, JSON-ready; see ``merge_distinct_partials``."""
+        return to_wire(self.approx.distinct_partial(category, start, end, approx, shards))
+
+    def quantiles_partial(
+        self, category: str, start: int, end: int, approx: bool, shards: Sequence[int]
+    ) -> dict[str, Any]:
+        """This node's part of ``quantiles`` over ``shards``, JSON-ready (exact: a histogram of
+        the values in range, one entry per distinct value); see ``merge_quantiles_partials``."""
+        return to_wire(self.approx.quantiles_partial(category, start, end, approx, shards))
+
+    def topk_approx_partial(self, category: str, start: int, end: int, k: int, shards: Sequence[int]) -> dict[str, Any]:
+        """This node's approximate top-k over ``shards``, JSON-ready; see ``merge_topk_partials``."""
+        return to_wire(self.approx.topk_partial(category, start, end, k, shards))
+
+    def merge_distinct_partials(self, parts: Sequence[dict[str, Any]], approx: bool) -> int | DistinctAnswer:
+        partials = [from_wire(p) for p in parts]
+        return merge_distinct([p for p in partials if not isinstance(p, dict)], approx, self.config.approx.sketch)
+
+    def merge_quantiles_partials(
+        self, parts: Sequence[dict[str, Any]], qs: Sequence[float], approx: bool
+    ) -> ExactQuantiles | QuantileAnswer:
+        tables = [p for p in map(from_wire, parts) if isinstance(p, pa.Table)]
+        return merge_quantiles(tables, qs, approx, self.config.approx.sketch)
+
+    def merge_topk_partials(self, parts: Sequence[dict[str, Any]], k: int) -> TopAnswer:
+        return merge_approx_topk([cast(TopAnswer, p) for p in map(from_wire, parts) if isinstance(p, dict)], k)
+
+    def _not_gathered(self, what: str) -> InvalidQuery:
+        # Scatter-gather for these comes with the cluster read path; until then say so plainly.
+        return InvalidQuery(f"{what} is answered on a single node only so far; pass shards or query one node")
 
     @staticmethod
     def _complete(ans: Answer, strict: bool) -> Answer:

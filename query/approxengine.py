@@ -15,6 +15,7 @@ shards hold disjoint producers, so exact distinct counts add up and sketches mer
 
 from __future__ import annotations
 
+import base64
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -37,7 +38,7 @@ from query.approx import (
     collapse_sketches,
 )
 from query.engine import Engine, Snapshot
-from query.errors import InvalidQuery, QueryTimeout
+from query.errors import InvalidQuery, QueryError, QueryTimeout
 from query.timerange import ceil_to, floor_to
 from storage.schema import HOUR_NS
 from storage.sketch import SKETCH_SCHEMA, SketchConfig, build_sketches
@@ -48,10 +49,12 @@ __all__ = [
     "ApproxConfig",
     "ApproxEngine",
     "ExactQuantiles",
+    "from_wire",
     "merge_distinct",
     "merge_quantiles",
     "parse_quantiles",
     "quantiles_of_histograms",
+    "to_wire",
 ]
 
 # An exact per-node partial of quantiles: how many rows have each value.
@@ -386,3 +389,46 @@ def quantiles_of_histograms(histograms: Sequence[pa.Table], qs: Sequence[float])
         position = max(0, math.ceil(q * total) - 1)  # the row wanted, 0-based
         out.append({"q": q, "value": int(values[int(np.searchsorted(cumulative, position + 1, "left"))])})
     return {"quantiles": out, "n": total}
+
+
+# -- the wire between nodes -----------------------------------------------------------------------
+
+
+def to_wire(partial: int | pa.Table | TopAnswer) -> dict[str, Any]:
+    """A ``*_partial`` as JSON-ready data for a peer's answer: ``{"count": n}``, ``{"arrow":
+    base64 Arrow IPC}`` (collapsed sketches, histograms) or ``{"top": TopAnswer}``."""
+    if isinstance(partial, pa.Table):
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, partial.schema) as w:
+            w.write_table(partial)
+        return {"arrow": base64.b64encode(sink.getvalue().to_pybytes()).decode("ascii")}
+    if isinstance(partial, dict):
+        return {"top": dict(partial)}
+    return {"count": int(partial)}
+
+
+def from_wire(body: Mapping[str, Any]) -> int | pa.Table | TopAnswer:
+    """The partial a peer sent with ``to_wire``. Raises ``QueryError`` on anything else."""
+    try:
+        if "arrow" in body:
+            return pa.ipc.open_stream(pa.py_buffer(base64.b64decode(body["arrow"]))).read_all()
+        if "top" in body:
+            top = body["top"]
+            return {
+                "producers": [
+                    {
+                        "producer_id": str(p["producer_id"]),
+                        "estimate": int(p["estimate"]),
+                        "lower_bound": int(p["lower_bound"]),
+                        "upper_bound": int(p["upper_bound"]),
+                    }
+                    for p in top["producers"]
+                ],
+                "guaranteed": bool(top["guaranteed"]),
+                "exact": bool(top["exact"]),
+                "unlisted_upper_bound": int(top["unlisted_upper_bound"]),
+                "events": int(top["events"]),
+            }
+        return int(body["count"])
+    except (KeyError, TypeError, ValueError, pa.ArrowException) as e:
+        raise QueryError(f"a peer's partial answer is unreadable: {e}") from e
