@@ -14,6 +14,7 @@ section of ``bench/RESULTS.md`` and the chart. Exit status 1 if Tributary answer
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import sys
@@ -59,6 +60,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default=DEFAULT_COMMAND,
         help="server command; {port} and {data} are filled in (default: %(default)s)",
     )
+    p.add_argument("--note", action="append", default=[], help="a line for the section's notes (repeatable)")
     p.add_argument("--results", type=Path, default=BENCH_DIR / "RESULTS.md", help="Markdown file to update")
     return p.parse_args(argv)
 
@@ -158,6 +160,7 @@ def _stats(url: str) -> dict[str, object] | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    load_start = os.getloadavg()[0]
     workload = Workload(events=args.events, seed=args.seed)
     t0 = time.perf_counter()
     data = ensure(workload)
@@ -174,12 +177,19 @@ def main(argv: list[str] | None = None) -> int:
         name=workload.name,
         events=workload.events,
         seed=args.seed,
-        command="uv run python -m bench.run " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        command=" ".join(
+            ["uv run python -m bench.run", shlex.join(argv if argv is not None else sys.argv[1:])]
+        ).strip(),
         queries_per_cell=args.queries,
         peers=peers,
         peer_cells={n: latency_cells(queries, r.latencies_ms) for n, r in peers.items()},
         tributary=tributary,
         chart_path=chart_path.relative_to(BENCH_DIR.parent),
+        notes=[
+            f"load average (1 min) at start {load_start:.1f}, at end {os.getloadavg()[0]:.1f} "
+            f"on {os.cpu_count()} cores: other work on the machine inflates every figure",
+            *args.note,
+        ],
     )
     chart(chart_path, report)
     update_results(args.results, workload.name, render(report))
