@@ -55,7 +55,6 @@ from query.approxengine import (
     to_wire,
 )
 from query.engine import Aggregate, Engine, EngineConfig, TopEntry
-from query.errors import InvalidQuery
 from query.sandbox import Sandbox, SandboxConfig, SqlResult, SqlStream
 from storage.compaction import CompactionConfig, Compactor
 from storage.eviction import evict_shards
@@ -396,7 +395,12 @@ class Node:
         """Distinct producers: an ``int``, or with ``approx`` a ``query.approx.DistinctAnswer``."""
         if shards is not None or self.cmap.is_single(self.me):
             return Answer(self.approx.distinct(category, start, end, approx=approx, shards=shards))
-        raise self._not_gathered("distinct")
+        g = self.reader.gather(
+            {"kind": "distinct", "category": category, "start": start, "end": end, "approx": approx},
+            lambda sh: self.distinct_partial(category, start, end, approx, sh),
+            lambda d: d,
+        )
+        return self._complete(Answer(self.merge_distinct_partials(g.parts, approx), bool(g.missing), g.missing), strict)
 
     def quantiles(
         self,
@@ -412,7 +416,13 @@ class Node:
         """Quantiles of ``value``: ``ExactQuantiles``, or with ``approx`` a ``QuantileAnswer``."""
         if shards is not None or self.cmap.is_single(self.me):
             return Answer(self.approx.quantiles(category, start, end, qs, approx=approx, shards=shards))
-        raise self._not_gathered("quantiles")
+        g = self.reader.gather(
+            {"kind": "quantiles", "category": category, "start": start, "end": end, "approx": approx},
+            lambda sh: self.quantiles_partial(category, start, end, approx, sh),
+            lambda d: d,
+        )
+        merged = self.merge_quantiles_partials(g.parts, qs, approx)
+        return self._complete(Answer(merged, bool(g.missing), g.missing), strict)
 
     def topk_approx(
         self,
@@ -427,7 +437,12 @@ class Node:
         """Approximate top-k from frequent-items sketches: a ``query.approx.TopAnswer``."""
         if shards is not None or self.cmap.is_single(self.me):
             return Answer(self.approx.topk(category, start, end, k, shards))
-        raise self._not_gathered("approximate top-k")
+        g = self.reader.gather(
+            {"kind": "topk_approx", "category": category, "start": start, "end": end, "k": k},
+            lambda sh: self.topk_approx_partial(category, start, end, k, sh),
+            lambda d: d,
+        )
+        return self._complete(Answer(self.merge_topk_partials(g.parts, k), bool(g.missing), g.missing), strict)
 
     def distinct_partial(
         self, category: str, start: int, end: int, approx: bool, shards: Sequence[int]
@@ -459,10 +474,6 @@ class Node:
     def merge_topk_partials(self, parts: Sequence[dict[str, Any]], k: int) -> TopAnswer:
         return merge_approx_topk([cast(TopAnswer, p) for p in map(from_wire, parts) if isinstance(p, dict)], k)
 
-    def _not_gathered(self, what: str) -> InvalidQuery:
-        # Scatter-gather for these comes with the cluster read path; until then say so plainly.
-        return InvalidQuery(f"{what} is answered on a single node only so far; pass shards or query one node")
-
     @staticmethod
     def _complete(ans: Answer, strict: bool) -> Answer:
         if strict and ans.partial:
@@ -478,9 +489,16 @@ class Node:
             raise StaleEpoch(f"routed by map epoch {epoch}; this node has {self.cmap.epoch}", self.cmap.epoch)
         shards = [int(s) for s in request["shards"]]
         cat, start, end = str(request["category"]), int(request["start"]), int(request["end"])
-        if request.get("kind") == "topk":
+        kind = request.get("kind")
+        if kind == "topk":
             top = self.engine.topk(cat, start, end, int(request["k"]), shards)
             return {"top": [[t.producer_id, t.count] for t in top]}
+        if kind == "distinct":
+            return self.distinct_partial(cat, start, end, bool(request.get("approx")), shards)
+        if kind == "quantiles":
+            return self.quantiles_partial(cat, start, end, bool(request.get("approx")), shards)
+        if kind == "topk_approx":
+            return self.topk_approx_partial(cat, start, end, int(request["k"]), shards)
         agg = self.engine.aggregate(cat, start, end, shards)
         return {"count": agg.count, "sum": agg.sum}
 
@@ -578,13 +596,12 @@ class Node:
             return self.sandbox.run(sql, self.engine.define_views(snap), query_id=query_id, max_rows=max_rows)
 
     @contextlib.contextmanager
-    def sql_stream(
-        self, sql: str, *, query_id: str | None = None, max_rows: int | None = None
-    ) -> Iterator[SqlStream]:
+    def sql_stream(self, sql: str, *, query_id: str | None = None, max_rows: int | None = None) -> Iterator[SqlStream]:
         """``sql`` as a stream of record batches, for exports that never hold the whole result."""
-        with self.engine.snapshot() as snap, self.sandbox.stream(
-            sql, self.engine.define_views(snap), query_id=query_id, max_rows=max_rows
-        ) as stream:
+        with (
+            self.engine.snapshot() as snap,
+            self.sandbox.stream(sql, self.engine.define_views(snap), query_id=query_id, max_rows=max_rows) as stream,
+        ):
             yield stream
 
     def sql_cancel(self, query_id: str) -> bool:
