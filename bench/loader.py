@@ -15,6 +15,7 @@ against the peers instead of stopping the run.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import time
@@ -28,7 +29,7 @@ import pyarrow.parquet as pq
 from bench.queries import TOPK, Answer, Query
 from storage.schema import EVENT_SCHEMA
 
-__all__ = ["FORMATS", "Batch", "ClientPool", "IngestResult", "encode", "plan", "run_queries"]
+__all__ = ["FORMATS", "Batch", "ClientPool", "IngestResult", "QueryRun", "encode", "plan", "run_queries"]
 
 FORMATS = {
     "arrow": "application/vnd.apache.arrow.stream",
@@ -212,29 +213,47 @@ class ClientPool:
 # --- queries ----------------------------------------------------------------------------------
 
 
-def _answer(client: httpx.Client, q: Query) -> Answer:
+@dataclass(frozen=True)
+class QueryRun:
+    """What the query phase measured: answers, wall latencies, the server's own ``took_ms``
+    (NaN where absent), and the HTTP floor (wall latency of ``GET /health``)."""
+
+    answers: list[Answer]
+    latencies_ms: list[float]
+    took_ms: list[float]
+    floor_ms: list[float]
+
+
+def _answer(client: httpx.Client, q: Query) -> tuple[Answer, float]:
     params: dict[str, str | int] = {"category": q.category, "start": q.start, "end": q.end}
     if q.kind == "topk":
         params["k"] = TOPK
     response = client.get(f"/v1/{q.kind}", params=params)
     if response.status_code != 200:
-        return f"HTTP {response.status_code}: {response.text[:300]}"
+        return f"HTTP {response.status_code}: {response.text[:300]}", math.nan
     body = response.json()
+    took = float(body.get("took_ms", math.nan))
     if body.get("partial"):
-        return f"partial answer, missing shards {body.get('missing_shards')}"
+        return f"partial answer, missing shards {body.get('missing_shards')}", took
     if q.kind == "topk":
-        return tuple((str(p["producer_id"]), int(p["count"])) for p in body["producers"])
-    return int(body["value"])
+        return tuple((str(p["producer_id"]), int(p["count"])) for p in body["producers"]), took
+    return int(body["value"]), took
 
 
-def run_queries(url: str, queries: list[Query]) -> tuple[list[Answer], list[float]]:
-    """Answers and wall latencies (ms) for every query, after ``WARMUP_QUERIES`` unmeasured."""
+def run_queries(url: str, queries: list[Query], floor_requests: int = 50) -> QueryRun:
+    """Answers every query, after ``WARMUP_QUERIES`` unmeasured, then measures the HTTP floor."""
+    run = QueryRun([], [], [], [])
     with httpx.Client(base_url=url, timeout=60.0) as client:
         for q in queries[:WARMUP_QUERIES]:
             _answer(client, q)
-        answers, latencies = [], []
         for q in queries:
             t0 = time.perf_counter()
-            answers.append(_answer(client, q))
-            latencies.append((time.perf_counter() - t0) * 1000)
-    return answers, latencies
+            answer, took = _answer(client, q)
+            run.latencies_ms.append((time.perf_counter() - t0) * 1000)
+            run.answers.append(answer)
+            run.took_ms.append(took)
+        for _ in range(floor_requests):
+            t0 = time.perf_counter()
+            client.get("/health")
+            run.floor_ms.append((time.perf_counter() - t0) * 1000)
+    return run

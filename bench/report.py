@@ -49,6 +49,8 @@ class TributaryReport:
     queries: int
     stats: dict[str, object] | None = None
     stop_code: int | None = None
+    took_cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
+    http_floor_ms: float | None = None
 
 
 @dataclass
@@ -161,6 +163,25 @@ def _targets(r: RunReport) -> list[str]:
     return lines
 
 
+def _split_table(t: TributaryReport) -> list[str]:
+    lines = [
+        f"Where Tributary's p50 goes: the server's own `took_ms` against the wall time the client saw; "
+        f"the HTTP floor (`GET /health`, same client) is {_ms(t.http_floor_ms)} ms p50.",
+        "",
+        "| query | range | wall p50 | server took_ms p50 | difference: HTTP, framework, JSON |",
+        "|---|---|---|---|---|",
+    ]
+    for kind in KINDS:
+        for rng in RANGES:
+            wall, took = t.cells.get((kind, rng)), t.took_cells.get((kind, rng))
+            rest = wall.p50_ms - took.p50_ms if wall and took else None
+            lines.append(
+                f"| {kind if kind != 'topk' else 'top-10'} | {rng} | {_ms(wall.p50_ms if wall else None)} | "
+                f"{_ms(took.p50_ms if took else None)} | {_ms(rest)} |"
+            )
+    return lines
+
+
 def _ingest_table(r: RunReport) -> list[str]:
     t = r.tributary
     lines = [
@@ -253,6 +274,8 @@ def render(r: RunReport) -> str:
     out += ["", "### Targets (issue 8)", "", *_targets(r)]
     out += ["", "### Query latency p50 (ms)", "", *_latency_table(r, "p50_ms")]
     out += ["", "### Query latency p95 (ms)", "", *_latency_table(r, "p95_ms")]
+    if t and t.took_cells:
+        out += ["", "### Tributary: time in the query vs around it", "", *_split_table(t)]
     out += ["", "### Ingest", "", *_ingest_table(r)]
     out += ["", "### Memory and disk", "", *_resources_table(r), ""]
     return "\n".join(out) + "\n"

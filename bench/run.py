@@ -14,6 +14,7 @@ section of ``bench/RESULTS.md`` and the chart. Exit status 1 if Tributary answer
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import shutil
@@ -25,7 +26,7 @@ import httpx
 
 from bench import loader
 from bench.peers import PEERS, PeerResult, run_peer_isolated
-from bench.queries import Query, compare, latency_cells, make_queries
+from bench.queries import Cell, Query, compare, latency_cells, make_queries, percentile
 from bench.report import RunReport, TributaryReport, chart, render, update_results
 from bench.server import DEFAULT_COMMAND, RssSampler, ServerProcess, disk_usage
 from bench.workload import Workload, chunk_paths, ensure
@@ -125,8 +126,8 @@ def _run_tributary(
                 )
             stats = _stats(server.url)
             sampler.enter("queries")
-            answers, latencies = loader.run_queries(server.url, queries)
-            mismatches = compare(queries, expected, answers)
+            run = loader.run_queries(server.url, queries)
+            mismatches = compare(queries, expected, run.answers)
             _log(f"tributary: {len(queries)} queries, {len(mismatches)} mismatches against the peers")
             disk_running = disk_usage(data_dir)
             sampler.enter("stop")
@@ -138,7 +139,9 @@ def _run_tributary(
     peaks.pop("stop", None)  # shutdown (a final persist) is neither loading nor serving
     return TributaryReport(
         ingest=ingest,
-        cells=latency_cells(queries, latencies),
+        cells=latency_cells(queries, run.latencies_ms),
+        took_cells=_took_cells(queries, run.took_ms),
+        http_floor_ms=percentile(run.floor_ms, 50) if run.floor_ms else None,
         rss_peaks=peaks,
         disk_running=disk_running,
         disk_stopped=disk_usage(data_dir),
@@ -148,6 +151,12 @@ def _run_tributary(
         stats=stats,
         stop_code=code,
     )
+
+
+def _took_cells(queries: list[Query], took_ms: list[float]) -> dict[tuple[str, str], Cell]:
+    """The server's own ``took_ms`` per cell, over the queries that reported one."""
+    pairs = [(q, t) for q, t in zip(queries, took_ms, strict=True) if not math.isnan(t)]
+    return latency_cells([q for q, _ in pairs], [t for _, t in pairs]) if pairs else {}
 
 
 def _stats(url: str) -> dict[str, object] | None:
