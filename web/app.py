@@ -24,6 +24,7 @@ from query.engine import Aggregate
 from query.errors import InvalidQuery
 from query.timerange import parse_range
 from web import assets
+from web.approx import approx_routes, topk_approx
 from web.problem import problem_handlers
 from web.settings import Settings
 
@@ -102,7 +103,11 @@ def create_app(node: Node, settings: Settings) -> Litestar:
         return _shape(ans, agg.sum, took)
 
     @get("/v1/topk", sync_to_thread=True, summary="The k producers with the most events")
-    def topk(category: str, start: str, end: str, k: int = 10, strict: bool = False) -> dict[str, Any]:
+    def topk(
+        category: str, start: str, end: str, k: int = 10, strict: bool = False, approx: bool = False
+    ) -> dict[str, Any]:
+        if approx:  # from sketches, with per-producer bounds (web/approx.py)
+            return topk_approx(node, category, start, end, k, strict)
         t0 = time.perf_counter()
         s, e = _range(category, start, end)
         ans = node.topk(category, s, e, k)
@@ -159,6 +164,7 @@ def create_app(node: Node, settings: Settings) -> Litestar:
             count,
             sum_,
             topk,
+            *approx_routes(node),
             health,
             ready,
             stats,

@@ -73,6 +73,17 @@ def serve(
     sql_timeout_s: Annotated[float, _opt("Time limit of a SQL query, s.", "SQL_TIMEOUT_S")] = 10.0,
     sql_memory_limit: Annotated[str, _opt("Memory limit of a SQL query.", "SQL_MEMORY_LIMIT")] = "512MB",
     sql_max_rows: Annotated[int, _opt("Rows returned by a JSON SQL answer.", "SQL_MAX_ROWS")] = 10_000,
+    sketches: Annotated[bool, _opt("Build sketch files beside parts, for approx=true answers.", "SKETCHES")] = True,
+    sketch_hll_lg_k: Annotated[
+        int, _opt("Distinct-producer HLL sketches: 2^k buckets (7..21), error ~1.04/sqrt(2^k).", "SKETCH_HLL_LG_K")
+    ] = 12,
+    sketch_frequent_lg_max_k: Annotated[
+        int, _opt("Top-k frequent-items sketches: 2^k slots (3..26).", "SKETCH_FREQUENT_LG_MAX_K")
+    ] = 10,
+    sketch_kll_k: Annotated[
+        int, _opt("Quantile KLL sketches: k (8..65535), rank error 1.33% at 200.", "SKETCH_KLL_K")
+    ] = 200,
+    max_quantiles: Annotated[int, _opt("Most quantiles one /v1/quantiles query may ask.", "MAX_QUANTILES")] = 64,
     log_format: Annotated[str, _opt("auto | json | console.", "LOG_FORMAT")] = "auto",
 ) -> None:
     """Run one node (a cluster of one unless --peers is given)."""

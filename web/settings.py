@@ -16,8 +16,10 @@ from ingest.idempotency import IdempotencyConfig
 from ingest.ingestor import IngestConfig
 from ingest.persister import PersistConfig
 from ingest.wal import WalConfig
+from query.approxengine import ApproxConfig
 from query.engine import EngineConfig
 from storage.compaction import CompactionConfig
+from storage.sketch import SketchConfig
 
 __all__ = ["Settings"]
 
@@ -50,6 +52,11 @@ class Settings:
     sql_memory_limit: str = "512MB"
     sql_max_rows: int = 10_000
     log_format: str = "auto"  # auto | json | console
+    sketches: bool = True  # sketch files beside parts, for approx=true answers (issue 7)
+    sketch_hll_lg_k: int = 12
+    sketch_frequent_lg_max_k: int = 10
+    sketch_kll_k: int = 200
+    max_quantiles: int = 64
     extra: dict[str, str] = field(default_factory=dict)
 
     def decode_config(self) -> DecodeConfig:
@@ -60,9 +67,17 @@ class Settings:
             retention_ns=int(self.retention_s * SECOND_NS) if self.retention_s > 0 else None,
         )
 
+    def approx_config(self) -> ApproxConfig:
+        sketch = SketchConfig(
+            hll_lg_k=self.sketch_hll_lg_k, frequent_lg_max_k=self.sketch_frequent_lg_max_k, kll_k=self.sketch_kll_k
+        )
+        return ApproxConfig(sketch=sketch, max_quantiles=self.max_quantiles)
+
     def node_config(self) -> NodeConfig:
         return NodeConfig(
             data_dir=Path(self.data),
+            sketches=self.sketches,
+            approx=self.approx_config(),
             node_id=self.node_id,
             shards=self.shards,
             wal=WalConfig(fsync=self.fsync),
