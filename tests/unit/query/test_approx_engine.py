@@ -4,6 +4,7 @@ their stated bounds on many unaligned ranges (issue 7)."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -20,13 +21,15 @@ from query.approxengine import (
     HISTOGRAM_SCHEMA,
     ApproxConfig,
     ApproxEngine,
+    from_wire,
     merge_distinct,
     merge_quantiles,
     parse_quantiles,
     quantiles_of_histograms,
+    to_wire,
 )
 from query.engine import Engine
-from query.errors import InvalidQuery
+from query.errors import InvalidQuery, QueryError
 from storage.compaction import Compactor
 from storage.manifest import Manifest
 from storage.partition import PartitionStore
@@ -272,7 +275,13 @@ def test_shard_partials_merge_to_the_whole(tmp_path: Path) -> None:
         collapsed = [node.approx.quantiles_partial(c, s, e, True, h) for h in halves]
         assert merge_quantiles(collapsed, [0.5], approx=True, config=CONFIG)["n"] == len(oracle.values(c, s, e))
 
-        top = merge_topk([node.approx.topk_partial(c, s, e, 10, h) for h in halves], 10)
+        # What a peer sends is JSON: every partial survives the trip unchanged.
+        for partial in (*exact, *sketches, *histograms, *collapsed):
+            back = from_wire(json.loads(json.dumps(to_wire(partial))))
+            assert back.equals(partial) if isinstance(partial, pa.Table) else back == partial
+        tops = [node.approx.topk_partial(c, s, e, 10, h) for h in halves]
+        assert [from_wire(json.loads(json.dumps(to_wire(t)))) for t in tops] == tops
+        top = merge_topk(tops, 10)
         check_topk(dict(top), oracle.counts(c, s, e), 10)
     assert node.approx.distinct("a", T0, T0 + HOURS * HOUR_NS, shards=[]) == 0
     node.close()
@@ -348,3 +357,9 @@ def test_bad_k_and_qs_are_refused_and_empty_ranges_answer_nothing(tmp_path: Path
     assert node.approx.topk("a", T0, T0, 3)["producers"] == []
     assert node.approx.distinct("a", T0, T0 + HOUR_NS, approx=True)["value"] == 0  # type: ignore[index]
     node.close()
+
+
+@pytest.mark.parametrize("body", [{}, {"arrow": "not base64!"}, {"top": {"producers": [{}]}}, {"count": "x"}])
+def test_unreadable_partials_are_query_errors(body: dict) -> None:  # type: ignore[type-arg]
+    with pytest.raises(QueryError):
+        from_wire(body)
