@@ -134,10 +134,10 @@ class Holdings:
         if len(bids) == 1:  # the common case, one batch: numpy, no SQL
             ts = rows.column("timestamp").to_numpy()
             hours = ts - np.fmod(ts, HOUR_NS)  # C remainder, like DuckDB's: the same hour as storage
-            shard = rows.column("shard").to_numpy().astype(np.int64)
-            pairs = np.unique(np.stack([shard, hours], axis=1), axis=0)
+            # one int64 per (hour, shard): hour index * 2^16 + shard, unique-d in one pass
+            keys = np.unique((hours // HOUR_NS) * 65_536 + rows.column("shard").to_numpy().astype(np.int64))
             b = int(bids[0].as_py())
-            return [(int(s), int(h), b) for s, h in pairs.tolist()]
+            return [(int(k % 65_536), int(k // 65_536) * HOUR_NS, b) for k in keys.tolist()]
         with self._con_lock:
             self._con.register("slice_src", rows)
             try:
