@@ -101,7 +101,9 @@ function lines(columns, rows, t, measures) {
     x: xs.map((ms) => ms / 1000),
     series: chosen.map((c, j) => ({ label: columns[c].name, values: xs.map((ms) => byX.get(ms)[j]) })),
     xLabel: columns[t].name,
-    note: summed ? `rows with the same ${columns[t].name} are summed` : '',
+    note:
+      `${chosen.map((c) => columns[c].name).join(', ')} by ${columns[t].name} (UTC)` +
+      (summed ? `; rows with the same ${columns[t].name} are summed` : ''),
   };
 }
 
@@ -125,6 +127,7 @@ function pivotLines(columns, rows, t, label, measure) {
     x: xs.map((ms) => ms / 1000),
     series: shown.map((name) => ({ label: name, values: xs.map((ms) => cells.get(`${ms}\u0000${name}`) ?? null) })),
     xLabel: columns[t].name,
+    pivoted: true,
     note: `${columns[measure].name} by ${columns[label].name}` +
       (names.length > shown.length ? `, top ${shown.length} of ${names.length}` : ''),
   };
@@ -149,7 +152,7 @@ function bars(columns, rows, label, measure) {
  * `xWindow()`, when given, fixes the x range to `[from, to]` seconds so a live chart scrolls.
  */
 export class LineChart {
-  constructor(container, { labels, height = 260, fill = false, xWindow = null }) {
+  constructor(container, { labels, height = 260, fill = false, xWindow = null, rightAxis = [] }) {
     this.container = container;
     this.labels = labels;
     const colors = palette();
@@ -159,6 +162,7 @@ export class LineChart {
       ticks: { stroke: cssVar('--grid', '#eee'), width: 1 },
       font: '12px system-ui, sans-serif',
     };
+    const numbers = { size: 56, values: (_u, ticks) => ticks.map(formatCompact) };
     const options = {
       width: Math.max(container.clientWidth, 200),
       height,
@@ -167,13 +171,15 @@ export class LineChart {
       scales: {
         x: { time: true, ...(xWindow ? { range: () => xWindow() } : {}) },
         y: { range: (_u, min, max) => yRange(min, max) },
+        y2: { range: (_u, min, max) => yRange(min, max) },
       },
       cursor: { drag: { x: true, y: false } },
       legend: { live: true },
       series: [
         { label: 'time (UTC)', value: (_u, ts) => (ts === null ? '–' : formatUtc(ts * 1000)) },
         ...labels.map((label, i) => ({
-          label,
+          label: rightAxis.includes(i) ? `${label} (right axis)` : label,
+          scale: rightAxis.includes(i) ? 'y2' : 'y',
           stroke: colors[i % colors.length],
           width: 2,
           fill: fill && labels.length === 1 ? `${colors[i % colors.length]}22` : undefined,
@@ -184,7 +190,8 @@ export class LineChart {
       ],
       axes: [
         { ...axis, values: TIME_AXIS, space: 60 },
-        { ...axis, size: 56, values: (_u, ticks) => ticks.map(formatCompact) },
+        { ...axis, ...numbers },
+        ...(rightAxis.length ? [{ ...axis, ...numbers, scale: 'y2', side: 1, grid: { show: false } }] : []),
       ],
     };
     this.plot = new uPlot(options, [[], ...labels.map(() => [])], container);
@@ -298,10 +305,28 @@ function roundRect(ctx, x, y, w, h, r) {
   ctx.fill();
 }
 
+/**
+ * Series too far in magnitude from the first to share its axis (`events` next to `sum(value)`):
+ * they get a second axis on the right instead of a flat line along the bottom.
+ */
+export function rightAxisSeries(series) {
+  const peak = (values) => Math.max(0, ...values.filter((v) => v !== null).map(Math.abs));
+  const first = peak(series[0]?.values ?? []);
+  if (series.length < 2 || first === 0) return [];
+  return series
+    .map((s, i) => [i, peak(s.values)])
+    .filter(([i, p]) => i > 0 && p > 0 && (p / first > 20 || first / p > 20))
+    .map(([i]) => i);
+}
+
 /** Draws a plan from `planChart` into `container`; returns an object with `destroy()`. */
 export function drawPlan(container, plan) {
   if (plan.kind === 'bar') return new BarChart(container, plan);
-  const chart = new LineChart(container, { labels: plan.series.map((s) => s.label), fill: true });
+  const chart = new LineChart(container, {
+    labels: plan.series.map((s) => s.label),
+    fill: true,
+    rightAxis: plan.kind === 'line' && !plan.pivoted ? rightAxisSeries(plan.series) : [],
+  });
   chart.setData(plan.x, plan.series.map((s) => s.values));
   return chart;
 }

@@ -61,7 +61,10 @@ export function resultTable(answer) {
         if (ms !== null) title = formatUtc(ms);
       }
       const classes = [numeric[i] && 'num', title && 'time'].filter(Boolean).join(' ');
-      tr.append(el('td', { class: classes || undefined, title, text: formatCell(value) }));
+      const cell = el('td', { class: classes || undefined, title, text: formatCell(value) });
+      // Epoch nanoseconds mean nothing at a glance: the instant follows, muted, in UTC.
+      if (title && numeric[i]) cell.append(el('span', { class: 'when', text: title.replace(/(:00)? UTC$/, '') }));
+      tr.append(cell);
     });
     body.append(tr);
   });
