@@ -25,6 +25,10 @@ from query.errors import InvalidQuery
 from query.timerange import parse_range
 from web import assets
 from web.approx import approx_routes, topk_approx
+from web.auth import AuthMiddleware, load_tokens
+from web.limits import LimitsMiddleware
+from web.logging import RequestLogMiddleware
+from web.metrics import Metrics
 from web.problem import problem_handlers
 from web.settings import Settings
 
@@ -158,6 +162,15 @@ def create_app(node: Node, settings: Settings) -> Litestar:
     def _on_shutdown() -> None:
         node.close()
 
+    # Outermost first: request id + access log, metrics, auth (before a slot is taken), limits.
+    metrics = Metrics(node)
+    middleware = [
+        RequestLogMiddleware(),
+        metrics.middleware(),
+        AuthMiddleware(load_tokens(settings.tokens_file, settings.tokens), metrics_auth=settings.metrics_auth),
+        LimitsMiddleware(settings.max_concurrent_requests, settings.body_read_timeout_s),
+    ]
+
     return Litestar(
         route_handlers=[
             ingest_events,
@@ -173,7 +186,9 @@ def create_app(node: Node, settings: Settings) -> Litestar:
             console_page,
             dashboard_page,
             static,
+            metrics.handler(),
         ],
+        middleware=middleware,
         exception_handlers=problem_handlers(),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="Tributary", version="1", path="/schema"),

@@ -85,6 +85,32 @@ def serve(
     ] = 200,
     max_quantiles: Annotated[int, _opt("Most quantiles one /v1/quantiles query may ask.", "MAX_QUANTILES")] = 64,
     log_format: Annotated[str, _opt("auto | json | console.", "LOG_FORMAT")] = "auto",
+    tokens_file: Annotated[
+        str, _opt("Bearer tokens, one 'TOKEN scope[,scope]' a line (ingest, query, admin).", "TOKENS_FILE")
+    ] = "",
+    tokens: Annotated[
+        str,
+        typer.Option(
+            help="Bearer tokens inline, same format, ';' between entries (prefer the environment).",
+            envvar="TRIBUTARY_TOKENS",
+            show_default=False,
+        ),
+    ] = "",
+    insecure: Annotated[
+        bool, _opt("Serve without tokens on a non-loopback address: anyone can read and write.", "INSECURE")
+    ] = False,
+    metrics_auth: Annotated[bool, _opt("/metrics needs a token with the query scope.", "METRICS_AUTH")] = False,
+    max_concurrent_requests: Annotated[
+        int, _opt("Requests in flight; beyond, 503 (probes exempt).", "MAX_CONCURRENT_REQUESTS")
+    ] = 256,
+    body_read_timeout_s: Annotated[
+        float, _opt("Time to receive a whole request body, s; beyond, 408.", "BODY_READ_TIMEOUT_S")
+    ] = 30.0,
+    keep_alive_s: Annotated[int, _opt("Close idle keep-alive connections after this, s.", "KEEP_ALIVE_S")] = 30,
+    retention_interval_s: Annotated[
+        float, _opt("How often retention looks for expired hours, s.", "RETENTION_INTERVAL_S")
+    ] = 60.0,
+    topk_max_k: Annotated[int, _opt("Largest k a top-k query may ask for.", "TOPK_MAX_K")] = 10_000,
 ) -> None:
     """Run one node (a cluster of one unless --peers is given)."""
     import uvicorn
@@ -96,10 +122,21 @@ def serve(
 
     settings = Settings(**{k: v for k, v in locals().items() if k in Settings.__dataclass_fields__})
     configure_logging(settings.log_format)
+    from web.auth import InvalidTokens, exposure_refusal, load_tokens
+
+    try:
+        token_table = load_tokens(settings.tokens_file, settings.tokens)
+    except InvalidTokens as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    refusal = exposure_refusal(host, token_table, insecure)
+    if refusal is not None:
+        console.print(f"[red]error:[/] {refusal}")
+        raise typer.Exit(2)
     node = Node(settings.node_config())
     application = create_app(node, settings)
     console.print(f"[bold green]tributary[/] node {node_id} on http://{host}:{port}  data={data}")
-    uvicorn.run(application, host=host, port=port, log_level="warning", timeout_keep_alive=30)
+    uvicorn.run(application, host=host, port=port, log_level="warning", timeout_keep_alive=keep_alive_s)
 
 
 @app.command()

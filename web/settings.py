@@ -19,6 +19,7 @@ from ingest.wal import WalConfig
 from query.approxengine import ApproxConfig
 from query.engine import EngineConfig
 from storage.compaction import CompactionConfig
+from storage.retention import RetentionConfig
 from storage.sketch import SketchConfig
 
 __all__ = ["Settings"]
@@ -52,6 +53,15 @@ class Settings:
     sql_memory_limit: str = "512MB"
     sql_max_rows: int = 10_000
     log_format: str = "auto"  # auto | json | console
+    tokens_file: str = ""  # TOKEN scope[,scope] per line; see web/auth.py
+    tokens: str = field(default="", repr=False)  # same format, ';' between entries (TRIBUTARY_TOKENS)
+    insecure: bool = False  # serve without tokens on a non-loopback address
+    metrics_auth: bool = False  # /metrics needs a token with the query scope
+    max_concurrent_requests: int = 256
+    body_read_timeout_s: float = 30.0
+    keep_alive_s: int = 30
+    retention_interval_s: float = 60.0
+    topk_max_k: int = 10_000
     sketches: bool = True  # sketch files beside parts, for approx=true answers (issue 7)
     sketch_hll_lg_k: int = 12
     sketch_frequent_lg_max_k: int = 10
@@ -87,5 +97,9 @@ class Settings:
             idempotency=IdempotencyConfig(
                 window_s=self.idempotency_window_s, max_keys=self.idempotency_max_keys
             ),
-            engine=EngineConfig(timeout_s=self.query_timeout_s),
+            engine=EngineConfig(timeout_s=self.query_timeout_s, max_k=self.topk_max_k),
+            retention=RetentionConfig(
+                max_age_ns=int(self.retention_s * SECOND_NS) if self.retention_s > 0 else None,
+                every_s=self.retention_interval_s,
+            ),
         )
