@@ -14,7 +14,7 @@ Rules beyond DESIGN.md's table, decided here:
   or an exponent (``1.5``, ``1.0``, ``1e3``) is refused, as are booleans and numbers outside int64.
 - A string ``timestamp`` is RFC 3339 (``T``, ``t`` or a space between date and time; ``Z`` or a
   ``±HH:MM`` offset; up to 9 fractional digits), converted exactly to Unix ns; leap seconds are
-  refused.
+  refused (``ingest.timestamp``).
 - A JSON string escaping a lone UTF-16 surrogate cannot be UTF-8 and makes the body malformed.
 - Arrow input may carry extra columns (ignored) and compatible types: ``timestamp`` int64 (Unix ns)
   or an Arrow timestamp of any unit (and any time zone, whose epoch values are UTC); ``value`` any
@@ -24,7 +24,6 @@ Rules beyond DESIGN.md's table, decided here:
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import struct
 import zlib
@@ -38,6 +37,7 @@ import pyarrow.compute as pc
 import zstandard
 
 from ingest.errors import BatchRejected, MalformedBody, PayloadTooLarge, UnsupportedMediaType
+from ingest.timestamp import parse_rfc3339_ns
 from storage.schema import CATEGORY_MAX_BYTES, EVENT_SCHEMA, PRODUCER_MAX_BYTES
 
 __all__ = ["MEDIA_TYPES", "DecodeConfig", "decode_events", "parse_rfc3339_ns"]
@@ -172,46 +172,6 @@ def _declared_size(body: bytes) -> int:
 
 
 # ---------------------------------------------------------------- per-value rules (slow path)
-
-
-def parse_rfc3339_ns(text: str) -> int:
-    """Unix ns of an RFC 3339 date-time, exact to the nanosecond; ValueError if it is not one."""
-    m = _RFC3339.fullmatch(text)
-    if m is None:
-        raise ValueError(f"is neither an integer of Unix ns nor an RFC 3339 date-time: {text[:64]!r}")
-    prefix, frac, sign, oh, om = m.groups()
-    secs = _SECONDS.get(prefix)
-    if secs is None:
-        secs = _local_seconds(prefix)
-        if len(_SECONDS) >= 1 << 16:
-            _SECONDS.clear()
-        _SECONDS[prefix] = secs
-    if sign:
-        if int(oh) > 23 or int(om) > 59:
-            raise ValueError(f"has an out-of-range offset: {text!r}")
-        secs -= (1 if sign == "+" else -1) * (int(oh) * 3600 + int(om) * 60)
-    return secs * 10**9 + (int(frac.ljust(9, "0")) if frac else 0)
-
-
-def _local_seconds(prefix: str) -> int:
-    """Seconds since 1970 of ``YYYY-MM-DDTHH:MM:SS`` read as UTC."""
-    h, mi, s = int(prefix[11:13]), int(prefix[14:16]), int(prefix[17:19])
-    if h > 23 or mi > 59 or s > 59:
-        raise ValueError(f"has an out-of-range time (leap seconds are refused): {prefix!r}")
-    try:
-        day = dt.date(int(prefix[0:4]), int(prefix[5:7]), int(prefix[8:10]))
-    except ValueError:
-        raise ValueError(f"has an impossible date: {prefix!r}") from None
-    return (day.toordinal() - _EPOCH_ORDINAL) * 86_400 + h * 3600 + mi * 60 + s
-
-
-_RFC3339 = re.compile(
-    r"([0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,9}))?"
-    r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
-)
-_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
-# Events of one batch mostly share their date-time down to the second: convert each such prefix once.
-_SECONDS: dict[str, int] = {}
 
 
 def _timestamp_problem(ns: int, window: tuple[int, int]) -> str | None:

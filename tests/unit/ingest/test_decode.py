@@ -3,7 +3,6 @@ format and encoding decodes to the same table."""
 
 from __future__ import annotations
 
-import calendar
 import datetime as dt
 import gzip
 import io
@@ -18,7 +17,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.decode import DecodeConfig, decode_events, parse_rfc3339_ns
+from ingest.decode import DecodeConfig, decode_events
 from ingest.errors import BatchRejected, MalformedBody, PayloadTooLarge, UnsupportedMediaType
 from storage.schema import EVENT_SCHEMA
 
@@ -435,29 +434,7 @@ def test_arrow_zero_copy() -> None:
     assert base <= ts_buf.address < base + len(body)
 
 
-# ---------------------------------------------------------------- RFC 3339
-
-
-def utc_ns(*ymdhms: int, frac_ns: int = 0, offset_s: int = 0) -> int:
-    return (calendar.timegm((*ymdhms, 0, 0, 0)) - offset_s) * 10**9 + frac_ns
-
-
-@pytest.mark.parametrize(
-    ("text", "ns"),
-    [
-        ("2026-11-27T10:00:00.123456789Z", utc_ns(2026, 11, 27, 10, 0, 0, frac_ns=123_456_789)),
-        ("2026-11-27T10:00:00.123456789+02:00", utc_ns(2026, 11, 27, 10, 0, 0, frac_ns=123_456_789, offset_s=7200)),
-        ("2026-11-27T10:00:00-05:30", utc_ns(2026, 11, 27, 10, 0, 0, offset_s=-19_800)),
-        ("2026-11-27t10:00:00.5z", utc_ns(2026, 11, 27, 10, 0, 0, frac_ns=500_000_000)),
-        ("2026-11-27 10:00:00.000000001-00:00", utc_ns(2026, 11, 27, 10, 0, 0, frac_ns=1)),
-        ("1970-01-01T00:00:00Z", 0),
-        ("1970-01-01T01:00:00+01:00", 0),
-        ("2024-02-29T23:59:59.999999999Z", utc_ns(2024, 2, 29, 23, 59, 59, frac_ns=999_999_999)),
-        ("2262-04-11T23:47:16.854775807Z", 2**63 - 1),
-    ],
-)
-def test_rfc3339_exact(text: str, ns: int) -> None:
-    assert parse_rfc3339_ns(text) == ns
+# ---------------------------------------------------------------- RFC 3339 in a batch (the parser: test_timestamp.py)
 
 
 def test_rfc3339_timestamps_in_a_batch_mix_with_integers() -> None:
