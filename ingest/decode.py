@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import zstandard
 
+from ingest.arrowipc import declared_inflation
 from ingest.errors import BatchRejected, MalformedBody, PayloadTooLarge, UnsupportedMediaType
 from ingest.timestamp import parse_rfc3339_ns
 from storage.schema import CATEGORY_MAX_BYTES, EVENT_SCHEMA, PRODUCER_MAX_BYTES
@@ -322,7 +323,7 @@ def _decode_arrow(data: bytes | bytearray, config: DecodeConfig, window: tuple[i
     batches = []
     rows = 0
     try:
-        if len(data) + _ipc_inflation(data) > config.max_decompressed_bytes:
+        if len(data) + declared_inflation(data) > config.max_decompressed_bytes:
             raise PayloadTooLarge(f"Arrow buffers inflate past the limit of {config.max_decompressed_bytes} bytes")
         reader = pa.ipc.open_stream(pa.py_buffer(data))  # reads in place: no copy of the body
         schema = reader.schema
@@ -354,58 +355,6 @@ def _decode_arrow(data: bytes | bytearray, config: DecodeConfig, window: tuple[i
     if factor > 1:
         ts = pc.multiply(ts, factor)  # cannot overflow: the window check bounded it
     return pa.Table.from_arrays([ts, category, value.cast(pa.int64()), producer], schema=EVENT_SCHEMA)
-
-
-def _ipc_inflation(data: bytes | bytearray) -> int:
-    """Bytes that compressed buffers inside the stream declare they inflate to. The IPC reader
-    allocates what each buffer declares (an int64 before its compressed bytes) and would inflate a
-    zstd bomb in full, so the declarations are summed from the message metadata before reading."""
-    total = 0
-    for message in pa.ipc.MessageReader.open_stream(pa.py_buffer(data)):
-        if message.type not in ("record batch", "dictionary"):
-            continue
-        meta = memoryview(message.metadata)
-        header = _fb_field(meta, _fb_root(meta), 2)  # Message.header
-        if header is None:
-            continue
-        batch = _fb_table(meta, header)
-        if message.type == "dictionary":  # DictionaryBatch.data is the RecordBatch
-            data_field = _fb_field(meta, batch, 1)
-            if data_field is None:
-                continue
-            batch = _fb_table(meta, data_field)
-        if _fb_field(meta, batch, 3) is None:  # RecordBatch.compression: absent = stored as is
-            continue
-        buffers = _fb_field(meta, batch, 2)  # RecordBatch.buffers: [Buffer{offset, length}]
-        if buffers is None or message.body is None:
-            continue
-        body = memoryview(message.body)
-        vec = buffers + struct.unpack_from("<I", meta, buffers)[0]
-        for i in range(struct.unpack_from("<I", meta, vec)[0]):
-            offset, length = struct.unpack_from("<qq", meta, vec + 4 + 16 * i)
-            if length >= 8:
-                total += max(0, struct.unpack_from("<q", body, offset)[0])
-    return total
-
-
-# Just enough of the FlatBuffers wire format (flatbuffers.dev/internals) to read Arrow's
-# Message.fbs: a table starts with an offset back to its vtable of field offsets.
-def _fb_root(buf: memoryview) -> int:
-    return int(struct.unpack_from("<I", buf, 0)[0])
-
-
-def _fb_table(buf: memoryview, field_pos: int) -> int:
-    return field_pos + int(struct.unpack_from("<I", buf, field_pos)[0])
-
-
-def _fb_field(buf: memoryview, table: int, index: int) -> int | None:
-    """Absolute position of field ``index`` of the table at ``table``, None if absent."""
-    vtable = table - struct.unpack_from("<i", buf, table)[0]
-    vt_size = struct.unpack_from("<H", buf, vtable)[0]
-    if 4 + 2 * index >= vt_size:
-        return None
-    rel = struct.unpack_from("<H", buf, vtable + 4 + 2 * index)[0]
-    return table + rel if rel else None
 
 
 def _check_arrow_schema(schema: pa.Schema) -> int:
