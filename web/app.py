@@ -13,10 +13,11 @@ from typing import Any
 
 import anyio
 import xxhash
-from litestar import Litestar, MediaType, Request, Response, get, post
+from litestar import Litestar, MediaType, Request, Response, delete, get, post
 from litestar.openapi import OpenAPIConfig
 from litestar.static_files import create_static_files_router
 
+from cluster.errors import MembershipError
 from cluster.node import Node
 from ingest.decode import decode_events
 from ingest.errors import Overloaded
@@ -26,6 +27,7 @@ from query.timerange import parse_range
 from web import assets
 from web.approx import approx_routes, topk_approx
 from web.auth import AuthMiddleware, load_tokens
+from web.internal import internal_router, membership_problem
 from web.limits import LimitsMiddleware
 from web.logging import RequestLogMiddleware
 from web.metrics import Metrics
@@ -83,7 +85,7 @@ def create_app(node: Node, settings: Settings) -> Litestar:
     def _aggregate(category: str, start: str, end: str, strict: bool) -> tuple[Any, float]:
         t0 = time.perf_counter()
         s, e = _range(category, start, end)
-        ans = node.aggregate(category, s, e)
+        ans = node.aggregate(category, s, e, strict=strict)
         return ans, _took(t0)
 
     def _shape(ans: Any, value: Any, took: float) -> dict[str, Any]:
@@ -114,7 +116,7 @@ def create_app(node: Node, settings: Settings) -> Litestar:
             return topk_approx(node, category, start, end, k, strict)
         t0 = time.perf_counter()
         s, e = _range(category, start, end)
-        ans = node.topk(category, s, e, k)
+        ans = node.topk(category, s, e, k, strict=strict)
         return {
             "producers": [{"producer_id": t.producer_id, "count": t.count} for t in ans.value],
             "partial": ans.partial,
@@ -122,9 +124,40 @@ def create_app(node: Node, settings: Settings) -> Litestar:
             "took_ms": _took(t0),
         }
 
-    @get("/health", summary="Liveness")
+    @get("/health", summary="Liveness, with this node's cluster map epoch and whether it serves reads")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "node_id": settings.node_id}
+        return node.health()
+
+    @get("/v1/cluster", sync_to_thread=False, summary="The cluster map with live health and shard owners")
+    def cluster_map() -> dict[str, Any]:
+        return node.cluster_info()
+
+    @post(
+        "/v1/cluster/nodes",
+        status_code=202,
+        sync_to_thread=True,
+        summary="Add a node to the cluster",
+        exception_handlers={MembershipError: membership_problem},
+    )
+    def cluster_join(data: dict[str, Any]) -> dict[str, Any]:
+        """Body ``{"node_id": "n4", "url": "http://host:port"}``. The node joins as ``joining``;
+        its shards are shipped to it and it becomes ``active`` when done (watch GET /v1/cluster)."""
+        try:
+            return node.join(str(data["node_id"]), str(data["url"])).to_json()
+        except KeyError as e:
+            raise InvalidQuery(f"{e.args[0]} is required") from e
+
+    @delete(
+        "/v1/cluster/nodes/{node_id:str}",
+        status_code=202,
+        sync_to_thread=True,
+        summary="Remove a node",
+        exception_handlers={MembershipError: membership_problem},
+    )
+    def cluster_leave(node_id: str) -> dict[str, Any]:
+        """The node is marked ``leaving``; its shards are shipped to their new owners, then it is
+        removed from the map and evicts its data."""
+        return node.leave(node_id).to_json()
 
     @get("/ready", summary="Readiness: recovery is done and the node takes traffic")
     async def ready() -> dict[str, Any]:
@@ -179,6 +212,10 @@ def create_app(node: Node, settings: Settings) -> Litestar:
             topk,
             *approx_routes(node),
             health,
+            cluster_map,
+            cluster_join,
+            cluster_leave,
+            internal_router(node, settings.cluster_secret, settings.insecure),
             ready,
             stats,
             admin_persist,

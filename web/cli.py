@@ -24,6 +24,8 @@ app = typer.Typer(
 )
 query_app = typer.Typer(help="Ask a node count / sum / top-k questions.", no_args_is_help=True)
 app.add_typer(query_app, name="query")
+cluster_app = typer.Typer(help="Run a local cluster; add or remove nodes.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
 console = Console(stderr=True)
 
 
@@ -45,9 +47,6 @@ def serve(
     ] = True,
     max_body_bytes: Annotated[int, _opt("Largest ingest body accepted, bytes.", "MAX_BODY_BYTES")] = 64 << 20,
     max_rows: Annotated[int, _opt("Most events in one batch.", "MAX_ROWS")] = 1_000_000,
-    max_decompressed_bytes: Annotated[
-        int, _opt("Largest ingest body after gzip/zstd decoding, bytes.", "MAX_DECOMPRESSED_BYTES")
-    ] = 256 << 20,
     max_future_s: Annotated[
         float, _opt("How far ahead of now a timestamp may be, s.", "MAX_FUTURE_S")
     ] = 86_400.0,
@@ -114,6 +113,25 @@ def serve(
         float, _opt("How often retention looks for expired hours, s.", "RETENTION_INTERVAL_S")
     ] = 60.0,
     topk_max_k: Annotated[int, _opt("Largest k a top-k query may ask for.", "TOPK_MAX_K")] = 10_000,
+    cluster_secret: Annotated[
+        str,
+        typer.Option(
+            help="Secret shared by the cluster's nodes for /internal/* (prefer the environment).",
+            envvar="TRIBUTARY_CLUSTER_SECRET",
+            show_default=False,
+        ),
+    ] = "",
+    advertise_url: Annotated[
+        str, _opt("URL peers reach this node at (default http://HOST:PORT).", "ADVERTISE_URL")
+    ] = "",
+    peer_timeout_s: Annotated[
+        float, _opt("A peer that does not answer a write or read within this is skipped, s.", "PEER_TIMEOUT_S")
+    ] = 3.0,
+    probe_interval_s: Annotated[float, _opt("How often peers' /health is probed, s.", "PROBE_INTERVAL_S")] = 0.5,
+    probe_timeout_s: Annotated[float, _opt("A probe unanswered this long fails, s.", "PROBE_TIMEOUT_S")] = 1.0,
+    repair_interval_s: Annotated[
+        float, _opt("How often replicas compare digests (anti-entropy), s.", "REPAIR_INTERVAL_S")
+    ] = 5.0,
 ) -> None:
     """Run one node (a cluster of one unless --peers is given)."""
     import uvicorn
@@ -136,7 +154,18 @@ def serve(
     if refusal is not None:
         console.print(f"[red]error:[/] {refusal}")
         raise typer.Exit(2)
-    node = Node(settings.node_config())
+    from cluster.errors import MembershipError
+    from web.internal import secret_refusal
+
+    refusal = secret_refusal(peers, cluster_secret, insecure)
+    if refusal is not None:
+        console.print(f"[red]error:[/] {refusal}")
+        raise typer.Exit(2)
+    try:
+        node = Node(settings.node_config())
+    except MembershipError as e:
+        console.print(f"[red]error:[/] {e.detail}")
+        raise typer.Exit(2) from None
     application = create_app(node, settings)
     console.print(f"[bold green]tributary[/] node {node_id} on http://{host}:{port}  data={data}")
     uvicorn.run(application, host=host, port=port, log_level="warning", timeout_keep_alive=keep_alive_s)
@@ -299,6 +328,93 @@ def query_topk(
 ) -> None:
     """The K producers of CATEGORY with the most events in [start, end)."""
     _query("topk", url, category, start, end, k, token, json_)
+
+
+@cluster_app.command("up")
+def cluster_up(
+    nodes: Annotated[int, typer.Option(help="How many nodes.")] = 3,
+    rf: Annotated[int, typer.Option(help="Replication factor.")] = 2,
+    host: Annotated[str, typer.Option(help="Address every node listens on.")] = "127.0.0.1",
+    base_port: Annotated[int, typer.Option(help="Port of n1; n2 gets the next one, and so on.")] = 8321,
+    data: Annotated[Path, typer.Option(help="Parent of the nodes' data directories (DATA/n1, ...).")] = Path(
+        "./cluster"
+    ),
+    secret: Annotated[
+        str, typer.Option(help="Cluster secret (random if unset).", envvar="TRIBUTARY_CLUSTER_SECRET")
+    ] = "",
+    restart: Annotated[bool, typer.Option(help="Restart a node that exits on its own.")] = True,
+    serve_args: Annotated[
+        list[str] | None, typer.Argument(help="More `serve` flags for every node (after --).")
+    ] = None,
+) -> None:
+    """Run NODES nodes on consecutive ports as one cluster; logs prefixed per node; Ctrl-C stops all."""
+    from web.supervisor import ClusterSpec, Supervisor
+
+    spec = ClusterSpec(nodes, rf, host, base_port, data, secret, tuple(serve_args or ()), restart)
+    Supervisor(spec).run()
+
+
+def _admin(method: str, url: str, path: str, token: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    r = httpx.request(method, url.rstrip("/") + path, json=body, headers=headers, timeout=30)
+    out: dict[str, Any] = r.json()
+    if r.status_code >= 400:
+        console.print(f"[red]{r.status_code}[/] {out.get('title')}: {out.get('detail')}")
+        raise typer.Exit(1)
+    return out
+
+
+def _wait_settled(url: str, token: str, epoch: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = _admin("GET", url, "/v1/cluster", token)
+        if info["epoch"] > epoch and not info.get("in_transition"):
+            console.print(f"settled at epoch {info['epoch']}: " + ", ".join(n["node_id"] for n in info["nodes"]))
+            return
+        time.sleep(0.5)
+    console.print("[yellow]not settled yet[/]; watch GET /v1/cluster")
+    raise typer.Exit(1)
+
+
+@cluster_app.command("join")
+def cluster_join(
+    node_id: Annotated[str, typer.Option(help="Id of the node to add.")],
+    node_url: Annotated[str, typer.Option(help="URL the new node listens on.")],
+    url: Annotated[str, _URL] = "http://127.0.0.1:8321",
+    token: Annotated[str, _TOKEN] = "",
+    wait: Annotated[bool, typer.Option(help="Wait until the node is active.")] = True,
+    timeout: Annotated[float, typer.Option(help="How long to wait, s.")] = 600.0,
+) -> None:
+    """Add a running node (started with the cluster's secret) to the cluster at URL."""
+    cmap = _admin("POST", url, "/v1/cluster/nodes", token, {"node_id": node_id, "url": node_url})
+    console.print(f"{node_id} joining at epoch {cmap['epoch']}")
+    if wait:
+        _wait_settled(url, token, cmap["epoch"], timeout)
+
+
+@cluster_app.command("leave")
+def cluster_leave(
+    node_id: Annotated[str, typer.Option(help="Id of the node to remove.")],
+    url: Annotated[str, _URL] = "http://127.0.0.1:8321",
+    token: Annotated[str, _TOKEN] = "",
+    wait: Annotated[bool, typer.Option(help="Wait until the node is gone from the map.")] = True,
+    timeout: Annotated[float, typer.Option(help="How long to wait, s.")] = 600.0,
+) -> None:
+    """Remove a node: its shards move to the others first, then it drops its data."""
+    cmap = _admin("DELETE", url, f"/v1/cluster/nodes/{node_id}", token)
+    console.print(f"{node_id} leaving at epoch {cmap['epoch']}")
+    if wait:
+        _wait_settled(url, token, cmap["epoch"], timeout)
+
+
+@cluster_app.command("status")
+def cluster_status(url: Annotated[str, _URL] = "http://127.0.0.1:8321", token: Annotated[str, _TOKEN] = "") -> None:
+    """The cluster map as the node at URL sees it."""
+    info = _admin("GET", url, "/v1/cluster", token)
+    t = Table("node", "url", "state", "up", "serving", "shards", title=f"epoch {info['epoch']}, rf {info['rf']}")
+    for n in info["nodes"]:
+        t.add_row(n["node_id"], n["url"], n["state"], str(n["up"]), str(n.get("serving")), str(n.get("shards")))
+    Console().print(t)
 
 
 def main() -> None:

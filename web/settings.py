@@ -10,7 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.node import NodeConfig
+from cluster.detector import DetectorConfig
+from cluster.membership import parse_peers
+from cluster.node import ClusterConfig, NodeConfig
+from cluster.peers import PeerConfig
+from cluster.upkeep import UpkeepConfig
 from ingest.decode import DecodeConfig
 from ingest.idempotency import IdempotencyConfig
 from ingest.ingestor import IngestConfig
@@ -39,7 +43,6 @@ class Settings:
     fsync: bool = True
     max_body_bytes: int = 64 << 20
     max_rows: int = 1_000_000
-    max_decompressed_bytes: int = 256 << 20
     max_future_s: float = 86_400.0
     retention_s: float = 0.0  # 0 = keep forever
     max_buffer_bytes: int = 256 << 20
@@ -63,6 +66,12 @@ class Settings:
     keep_alive_s: int = 30
     retention_interval_s: float = 60.0
     topk_max_k: int = 10_000
+    cluster_secret: str = field(default="", repr=False)  # shared by the nodes; guards /internal/*
+    advertise_url: str = ""  # how peers reach this node; default http://host:port
+    peer_timeout_s: float = 3.0  # a peer that does not answer a write or read in time is skipped
+    probe_interval_s: float = 0.5
+    probe_timeout_s: float = 1.0
+    repair_interval_s: float = 5.0
     sketches: bool = True  # sketch files beside parts, for approx=true answers (issue 7)
     sketch_hll_lg_k: int = 12
     sketch_frequent_lg_max_k: int = 10
@@ -74,7 +83,6 @@ class Settings:
         return DecodeConfig(
             max_body_bytes=self.max_body_bytes,
             max_rows=self.max_rows,
-            max_decompressed_bytes=self.max_decompressed_bytes,
             max_future_ns=int(self.max_future_s * SECOND_NS),
             retention_ns=int(self.retention_s * SECOND_NS) if self.retention_s > 0 else None,
         )
@@ -104,4 +112,20 @@ class Settings:
                 max_age_ns=int(self.retention_s * SECOND_NS) if self.retention_s > 0 else None,
                 every_s=self.retention_interval_s,
             ),
+            cluster=self.cluster_config(),
+        )
+
+    def cluster_config(self) -> ClusterConfig:
+        return ClusterConfig(
+            peers=tuple(parse_peers(self.peers)),
+            rf=self.rf,
+            url=(self.advertise_url or f"http://{self.host}:{self.port}").rstrip("/"),
+            peer=PeerConfig(
+                secret=self.cluster_secret,
+                timeout_s=self.peer_timeout_s,
+                probe_timeout_s=self.probe_timeout_s,
+            ),
+            detector=DetectorConfig(interval_s=self.probe_interval_s, stall_s=max(3.0, 6 * self.probe_interval_s)),
+            upkeep=UpkeepConfig(repair_interval_s=self.repair_interval_s),
+            read_timeout_s=self.peer_timeout_s,
         )
