@@ -47,6 +47,9 @@ def serve(
     ] = True,
     max_body_bytes: Annotated[int, _opt("Largest ingest body accepted, bytes.", "MAX_BODY_BYTES")] = 64 << 20,
     max_rows: Annotated[int, _opt("Most events in one batch.", "MAX_ROWS")] = 1_000_000,
+    max_decompressed_bytes: Annotated[
+        int, _opt("Largest ingest body after gzip/zstd decoding, bytes.", "MAX_DECOMPRESSED_BYTES")
+    ] = 256 << 20,
     max_future_s: Annotated[
         float, _opt("How far ahead of now a timestamp may be, s.", "MAX_FUTURE_S")
     ] = 86_400.0,

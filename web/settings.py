@@ -43,6 +43,7 @@ class Settings:
     fsync: bool = True
     max_body_bytes: int = 64 << 20
     max_rows: int = 1_000_000
+    max_decompressed_bytes: int = 256 << 20
     max_future_s: float = 86_400.0
     retention_s: float = 0.0  # 0 = keep forever
     max_buffer_bytes: int = 256 << 20
@@ -83,6 +84,7 @@ class Settings:
         return DecodeConfig(
             max_body_bytes=self.max_body_bytes,
             max_rows=self.max_rows,
+            max_decompressed_bytes=self.max_decompressed_bytes,
             max_future_ns=int(self.max_future_s * SECOND_NS),
             retention_ns=int(self.retention_s * SECOND_NS) if self.retention_s > 0 else None,
         )
