@@ -262,7 +262,7 @@ def _decode_json(data: bytes | bytearray, ndjson: bool, config: DecodeConfig, wi
         events = _LINE.decode_lines(data) if ndjson else _ARRAY.decode(data)
     except msgspec.ValidationError:
         raise _json_slow_path(data, ndjson, config, window) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:  # too deep a nesting
         raise _malformed_json(data, ndjson, e) from e
     n = len(events)
     _check_count(n, config)
@@ -288,7 +288,7 @@ def _json_slow_path(
     find the first offending one exactly."""
     try:
         events = _ANY.decode_lines(data) if ndjson else _ANY.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:  # too deep a nesting
         return _malformed_json(data, ndjson, e)
     if not isinstance(events, list):
         return MalformedBody(f"a JSON body must be an array of events, got {type(events).__name__}")
