@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import re
 import struct
-import zlib
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
@@ -34,9 +33,9 @@ from typing import Any
 import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
-import zstandard
 
 from ingest.arrowipc import declared_inflation
+from ingest.compression import content_coding, inflate
 from ingest.errors import BatchRejected, MalformedBody, PayloadTooLarge, UnsupportedMediaType
 from ingest.timestamp import parse_rfc3339_ns
 from storage.schema import CATEGORY_MAX_BYTES, EVENT_SCHEMA, PRODUCER_MAX_BYTES
@@ -45,16 +44,11 @@ __all__ = ["MEDIA_TYPES", "DecodeConfig", "decode_events", "parse_rfc3339_ns"]
 
 JSON, NDJSON, ARROW = "application/json", "application/x-ndjson", "application/vnd.apache.arrow.stream"
 MEDIA_TYPES = {JSON: JSON, NDJSON: NDJSON, "application/ndjson": NDJSON, ARROW: ARROW}
-_ENCODINGS = {"gzip": "gzip", "x-gzip": "gzip", "zstd": "zstd", "identity": None, "": None}
 
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _FIELDS = ("timestamp", "category", "value", "producer_id")
 _STRING_LIMITS = {"category": CATEGORY_MAX_BYTES, "producer_id": PRODUCER_MAX_BYTES}
 _UNIT_NS = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
-_OUT_CHUNK = 1 << 20
-# One zstd block inflates to at most 128 KiB from as little as 4 bytes (an RLE block), so feeding
-# `budget >> 17` input bytes per call can overshoot the budget by at most a quarter.
-_ZSTD_WORST_RATIO_SHIFT = 17
 
 
 @dataclass(frozen=True)
@@ -82,10 +76,10 @@ def decode_events(
     ``UnsupportedMediaType``, ``PayloadTooLarge``, ``MalformedBody``, or plain ``BatchRejected``
     for an invalid event, with ``row``/``field`` naming the first offending event."""
     media = _media_type(content_type)
-    coding = _content_coding(content_encoding)
+    coding = content_coding(content_encoding)
     if len(body) > config.max_body_bytes:
         raise PayloadTooLarge(f"body is {len(body)} bytes, over the limit of {config.max_body_bytes}")
-    data = _inflate(body, coding, config.max_decompressed_bytes)
+    data = inflate(body, coding, config.max_decompressed_bytes)
     lo = 0 if config.retention_ns is None else max(0, now_ns - config.retention_ns)
     window = (lo, now_ns + config.max_future_ns)
     if media == ARROW:
@@ -106,70 +100,6 @@ def _media_type(content_type: str | None) -> str:
         if name.strip().lower() == "charset" and media != ARROW and charset not in ("utf-8", "utf8"):
             raise UnsupportedMediaType(f"unsupported charset {charset!r}; send UTF-8")
     return media
-
-
-def _content_coding(content_encoding: str | None) -> str | None:
-    key = (content_encoding or "").strip().lower()
-    if key not in _ENCODINGS:
-        raise UnsupportedMediaType(f"unsupported Content-Encoding {content_encoding!r}; use gzip or zstd")
-    return _ENCODINGS[key]
-
-
-def _inflate(body: bytes, coding: str | None, limit: int) -> bytes | bytearray:
-    """The decompressed body; stops as soon as the output passes ``limit`` (so a bomb is never
-    inflated in full) and refuses truncated or corrupt input."""
-    if coding is None:
-        if len(body) > limit:
-            raise PayloadTooLarge(f"body is {len(body)} bytes, over the limit of {limit}")
-        return body
-    out = bytearray()
-    view = memoryview(body)
-    too_large = PayloadTooLarge(f"decompressed body exceeds the limit of {limit} bytes")
-    try:
-        if coding == "gzip":
-            # A gzip body may hold several members back to back (RFC 1952 section 2.2).
-            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            pending: bytes | memoryview = view
-            while True:
-                chunk = d.decompress(pending, _OUT_CHUNK)
-                if len(out) + len(chunk) > limit:
-                    raise too_large
-                out += chunk
-                if d.eof:
-                    if not d.unused_data:
-                        return out
-                    pending, d = d.unused_data, zlib.decompressobj(16 + zlib.MAX_WBITS)
-                elif d.unconsumed_tail or chunk:
-                    pending = d.unconsumed_tail
-                else:
-                    raise MalformedBody("gzip body is truncated")
-        if _declared_size(body) > limit:
-            raise too_large  # the first frame declares its size: refuse before any work
-        zd = zstandard.ZstdDecompressor().decompressobj()
-        pos = 0
-        while pos < len(view):
-            step = max(64, (limit - len(out)) >> _ZSTD_WORST_RATIO_SHIFT)
-            piece = view[pos : pos + step]
-            pos += len(piece)
-            chunk = zd.decompress(piece)
-            if len(out) + len(chunk) > limit:
-                raise too_large
-            out += chunk
-            if zd.eof:  # another frame may follow (RFC 8878 section 3.1)
-                pos -= len(zd.unused_data)
-                if pos >= len(view):
-                    return out
-                zd = zstandard.ZstdDecompressor().decompressobj()
-        raise MalformedBody("zstd body is truncated")
-    except (zlib.error, zstandard.ZstdError) as e:
-        raise MalformedBody(f"corrupt {coding} body: {e}") from e
-
-
-def _declared_size(body: bytes) -> int:
-    try:
-        return int(zstandard.frame_content_size(body))
-    except zstandard.ZstdError:  # not a frame header (decoding will say so) or a skippable frame
-        return -1
 
 
 # ---------------------------------------------------------------- per-value rules (slow path)
