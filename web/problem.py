@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import structlog
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.types import Send
@@ -29,6 +30,7 @@ from storage.errors import TributaryError
 __all__ = ["PROBLEM_JSON", "problem", "problem_handlers", "send_problem"]
 
 PROBLEM_JSON = "application/problem+json"
+_log = structlog.get_logger("tributary.http")
 
 # (status, slug, title) for each exception type; the first match in MRO order wins.
 _STATUS: dict[type[Exception], tuple[int, str, str]] = {
@@ -72,13 +74,14 @@ async def send_problem(
     await send({"type": "http.response.body", "body": payload, "more_body": False})
 
 
-def _tributary_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+def _tributary_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     for cls in type(exc).__mro__:
         if cls in _STATUS:
             status, slug, title = _STATUS[cls]
             break
     else:
         status, slug, title = 500, "internal-error", "Internal error"
+        _log.error("server-side error", method=request.method, path=request.url.path, exc_info=exc)
     extra: dict[str, Any] = {}
     headers = None
     if isinstance(exc, BatchRejected):
@@ -111,8 +114,22 @@ def _http_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str,
     return problem(status, slug, slug.replace("-", " ").capitalize(), str(detail), headers or None)
 
 
+def _unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """Anything not raised on purpose is a bug: log it with its traceback (the request id is in
+    the log context) and answer a 500 problem that reveals nothing of it."""
+    _log.error("unhandled error", method=request.method, path=request.url.path, exc_info=exc)
+    return problem(
+        500, "internal-error", "Internal error", "unexpected error; the node logged it under this request's id"
+    )
+
+
 def problem_handlers() -> dict[type[Exception], Any]:
-    return {TributaryError: _tributary_error, HTTPException: _http_error, NotFoundException: _http_error}
+    return {
+        TributaryError: _tributary_error,
+        HTTPException: _http_error,
+        NotFoundException: _http_error,
+        Exception: _unexpected_error,
+    }
 
 
 _ = MediaType
