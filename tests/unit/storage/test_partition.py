@@ -9,7 +9,8 @@ import duckdb
 import pyarrow.parquet as pq
 
 from storage.manifest import Manifest
-from storage.partition import PartitionStore, hour_folder
+from storage.ordering import EVENTS_SORT_KEY, EVENTS_SORTED_BY
+from storage.partition import PartitionConfig, PartitionStore, hour_folder
 from storage.schema import HOUR_NS
 from tests.eventgen import T0, random_events, stored
 
@@ -30,15 +31,14 @@ def test_one_part_per_hour_with_exact_rollups(tmp_path: Path) -> None:
     con.register("raw", rows)
     for p in parts:
         events = pq.read_table(p.path(tmp_path, "events"))
-        keys = list(
-            zip(
-                events["category"].to_pylist(),
-                events["shard"].to_pylist(),
-                events["timestamp"].to_pylist(),
-                strict=True,
-            )
-        )
-        assert keys == sorted(keys), "raw rows sorted by (category, shard, timestamp)"
+        keys = list(zip(events["category"].to_pylist(), events["timestamp"].to_pylist(), strict=True))
+        assert keys == sorted(keys), "raw rows sorted by (category, timestamp)"
+        assert pq.read_schema(p.path(tmp_path, "events")).metadata[EVENTS_SORT_KEY] == EVENTS_SORTED_BY
+        assert (p.min_ts, p.max_ts) == (min(events["timestamp"].to_pylist()), max(events["timestamp"].to_pylist()))
+        for kind, cols in [("rollup_minute", 3), ("rollup_producer", 4)]:
+            t = pq.read_table(p.path(tmp_path, kind)).to_pylist()
+            order = [tuple(r.values())[:cols] for r in t]
+            assert order == sorted(order), f"{kind} sorted by its keys"
         got = con.sql(
             "SELECT category, shard, minute, count, sum::HUGEINT "
             f"FROM read_parquet('{p.path(tmp_path, 'rollup_minute')}') ORDER BY ALL"
@@ -90,3 +90,34 @@ def test_partitions_are_plain_parquet_for_other_readers(tmp_path: Path) -> None:
     assert df.height == 100
     assert "hour" in df.columns
     store.close()
+
+
+def test_merge_in_memory_and_in_duckdb_give_the_same_part(tmp_path: Path) -> None:
+    """Small merges sort in Arrow, big ones in DuckDB (which spills): same rows, same order,
+    same rollups, and both files carry the sort-order marker the query path relies on."""
+    rng = random.Random(4)
+    batches = [stored(random_events(rng, n, span=HOUR_NS), batch_id=i) for i, n in enumerate([300, 500, 400])]
+    merged = {}
+    for name, limit in [("memory", 10**9), ("duckdb", 0)]:
+        root = tmp_path / name
+        m = Manifest(root)
+        store = PartitionStore(root, m, PartitionConfig(merge_in_memory_rows=limit))
+        parts = [p for b in batches for p in store.write(b)]
+        part = store.merge(parts)
+        assert part.rows == 1200
+        assert (part.min_ts, part.max_ts) == (min(p.min_ts for p in parts), max(p.max_ts for p in parts))
+        path = part.path(root, "events")
+        assert pq.read_schema(path).metadata[EVENTS_SORT_KEY] == EVENTS_SORTED_BY
+        events = pq.read_table(path)
+        keys = list(zip(events["category"].to_pylist(), events["timestamp"].to_pylist(), strict=True))
+        assert keys == sorted(keys)
+        merged[name] = (
+            sorted(
+                events.select(["timestamp", "category", "value", "producer_id", "shard", "batch_id"]).to_pylist(),
+                key=lambda r: tuple(r.values()),
+            ),
+            pq.read_table(part.path(root, "rollup_minute")).to_pylist(),
+            pq.read_table(part.path(root, "rollup_producer")).to_pylist(),
+        )
+        store.close()
+    assert merged["memory"] == merged["duckdb"]
