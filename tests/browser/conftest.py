@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.browser.seed import SEEDED, Seeded, make_events, post_events
 from tests.support.process import REPO, NodeProcess
@@ -25,9 +26,6 @@ ARTIFACTS = REPO / "test-artifacts"
 
 @pytest.fixture(scope="session")
 def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
-    missing = missing_assets()
-    if missing:
-        pytest.skip(f"console assets not built (missing {', '.join(missing)}); run `just assets` or {BUILD_COMMAND}")
     node = NodeProcess(tmp_path_factory.mktemp("browser-node"), name="browser")
     with node:
         events = make_events(SEEDED, time.time_ns())
@@ -37,11 +35,12 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[object]:
+def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} missing: apt-get install -y chromium")
-    from playwright.sync_api import sync_playwright
-
+    missing = missing_assets()
+    if missing:
+        pytest.skip(f"console assets not built (missing {', '.join(missing)}); run `just assets` or {BUILD_COMMAND}")
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield chromium
@@ -49,11 +48,9 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture
-def page(browser: object, seeded: Seeded) -> Iterator[object]:
+def page(browser: Browser, seeded: Seeded) -> Iterator[Page]:
     """A page in a fresh context; fails the test if the page threw a JavaScript error."""
-    context = browser.new_context(  # type: ignore[attr-defined]
-        accept_downloads=True, viewport={"width": 1400, "height": 900}, base_url=seeded.url
-    )
+    context = browser.new_context(accept_downloads=True, viewport={"width": 1400, "height": 900}, base_url=seeded.url)
     context.set_default_timeout(20_000)
     page = context.new_page()
     errors: list[str] = []

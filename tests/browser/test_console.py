@@ -10,19 +10,19 @@ from typing import Any
 import httpx
 import pyarrow.parquet as pq
 import pytest
+from playwright.sync_api import Page
 
 from tests.browser.seed import CATEGORIES, PRODUCERS, Seeded
 
 pytestmark = pytest.mark.browser
-
-Page = Any  # playwright.sync_api.Page; imported lazily by the fixtures
 
 # Counting a trillion pairs keeps DuckDB busy far longer than any test runs, until cancelled.
 LONG_QUERY = "SELECT count(*) AS pairs FROM range(1000000) a, range(1000000) b WHERE a.range + b.range > 7"
 
 
 def status(page: Page) -> dict[str, str]:
-    return page.eval_on_selector("#status", "el => ({...el.dataset, text: el.textContent})")
+    state: dict[str, str] = page.eval_on_selector("#status", "el => ({...el.dataset, text: el.textContent})")
+    return state
 
 
 def start_query(page: Page, sql: str, *, typed: bool = False) -> str:
@@ -61,7 +61,7 @@ def open_console(page: Page, query: str = "") -> None:
 
 def series_pixels(page: Page) -> int:
     """Pixels of the first series colour on the chart's canvases: > 0 means data was drawn."""
-    return page.evaluate(
+    hits: int = page.evaluate(
         """() => {
           const probe = document.createElement('div');
           probe.style.color = getComputedStyle(document.documentElement).getPropertyValue('--series-0');
@@ -80,6 +80,7 @@ def series_pixels(page: Page) -> int:
           return hits;
         }"""
     )
+    return hits
 
 
 def test_typed_query_runs_with_ctrl_enter_and_rows_appear(page: Page, seeded: Seeded) -> None:
