@@ -20,7 +20,12 @@ export class ApiError extends Error {
  */
 export function parseJson(text) {
   return JSON.parse(text, (_key, value, context) => {
-    if (typeof value === 'number' && !Number.isSafeInteger(value) && context && /^-?\d+$/.test(context.source)) {
+    if (
+      typeof value === 'number' &&
+      !Number.isSafeInteger(value) &&
+      context &&
+      /^-?\d+$/.test(context.source)
+    ) {
       return BigInt(context.source);
     }
     return value;

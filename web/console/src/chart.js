@@ -34,7 +34,17 @@ const TIME_AXIS = [
   [H, '{HH}:{mm}', NL_DATE, null, NL_DATE, null, null, null, 1],
   [M, '{HH}:{mm}', NL_DATE, null, NL_DATE, null, null, null, 1],
   [S, ':{ss}', `${NL_DATE} {HH}:{mm}`, null, `${NL_DATE} {HH}:{mm}`, null, '\n{HH}:{mm}', null, 1],
-  [S / 1000, ':{ss}.{fff}', `${NL_DATE} {HH}:{mm}`, null, `${NL_DATE} {HH}:{mm}`, null, '\n{HH}:{mm}', null, 1],
+  [
+    S / 1000,
+    ':{ss}.{fff}',
+    `${NL_DATE} {HH}:{mm}`,
+    null,
+    `${NL_DATE} {HH}:{mm}`,
+    null,
+    '\n{HH}:{mm}',
+    null,
+    1,
+  ],
 ];
 
 function cssVar(name, fallback) {
@@ -47,7 +57,8 @@ export function palette() {
   return Array.from({ length: MAX_SERIES }, (_, i) => cssVar(`--series-${i}`, '#3b82f6'));
 }
 
-const asNumber = (v) => (v === null || v === undefined ? null : typeof v === 'bigint' ? Number(v) : Number(v));
+const asNumber = (v) =>
+  v === null || v === undefined ? null : typeof v === 'bigint' ? Number(v) : Number(v);
 
 function timeColumn(columns, rows) {
   const sample = (i) => rows.find((r) => r[i] !== null && r[i] !== undefined)?.[i];
@@ -74,7 +85,8 @@ export function planChart(columns, rows) {
     .filter((i) => i !== t && isNumericType(columns[i].type) && !NOT_A_MEASURE.test(columns[i].name));
   if (!measures.length) return null;
   const label = columns.findIndex((c, i) => i !== t && isTextType(c.type));
-  if (t >= 0) return label >= 0 ? pivotLines(columns, rows, t, label, measures[0]) : lines(columns, rows, t, measures);
+  if (t >= 0)
+    return label >= 0 ? pivotLines(columns, rows, t, label, measures[0]) : lines(columns, rows, t, measures);
   if (label >= 0 && rows.length > 1) return bars(columns, rows, label, measures[0]);
   return null;
 }
@@ -125,10 +137,14 @@ function pivotLines(columns, rows, t, label, measure) {
   return {
     kind: 'line',
     x: xs.map((ms) => ms / 1000),
-    series: shown.map((name) => ({ label: name, values: xs.map((ms) => cells.get(`${ms}\u0000${name}`) ?? null) })),
+    series: shown.map((name) => ({
+      label: name,
+      values: xs.map((ms) => cells.get(`${ms}\u0000${name}`) ?? null),
+    })),
     xLabel: columns[t].name,
     pivoted: true,
-    note: `${columns[measure].name} by ${columns[label].name}` +
+    note:
+      `${columns[measure].name} by ${columns[label].name}` +
       (names.length > shown.length ? `, top ${shown.length} of ${names.length}` : ''),
   };
 }
@@ -216,7 +232,8 @@ export class LineChart {
 function sparse(u, seriesIdx, idx0, idx1) {
   const values = u.data[seriesIdx];
   let present = 0;
-  for (let i = idx0; i <= idx1 && present < 40; i += 1) if (values[i] !== null && values[i] !== undefined) present += 1;
+  for (let i = idx0; i <= idx1 && present < 40; i += 1)
+    if (values[i] !== null && values[i] !== undefined) present += 1;
   return present < 40;
 }
 
@@ -263,7 +280,10 @@ export class BarChart {
     ctx.scale(ratio, ratio);
     ctx.font = '12px system-ui, sans-serif';
     ctx.textBaseline = 'middle';
-    const labelWidth = Math.min(width * 0.35, Math.max(...this.labels.map((l) => ctx.measureText(l).width)) + 12);
+    const labelWidth = Math.min(
+      width * 0.35,
+      Math.max(...this.labels.map((l) => ctx.measureText(l).width)) + 12,
+    );
     const valueWidth = Math.max(...this.values.map((v) => ctx.measureText(formatCompact(v)).width)) + 12;
     const barSpace = Math.max(width - labelWidth - valueWidth, 20);
     const top = Math.max(...this.values.map((v) => Math.abs(v)), 1);
@@ -327,6 +347,9 @@ export function drawPlan(container, plan) {
     fill: true,
     rightAxis: plan.kind === 'line' && !plan.pivoted ? rightAxisSeries(plan.series) : [],
   });
-  chart.setData(plan.x, plan.series.map((s) => s.values));
+  chart.setData(
+    plan.x,
+    plan.series.map((s) => s.values),
+  );
   return chart;
 }

@@ -5,9 +5,16 @@ import './style.css';
 import { ApiError, cancelSql, exportSql, getCore, getStats, getTables, newQueryId, runSql } from './api.js';
 import { drawPlan, planChart } from './chart.js';
 import { createEditor } from './editor.js';
-import { formatDuration } from './format.js';
+import { formatBytes, formatDuration } from './format.js';
 import { clearHistory, loadHistory, remember } from './history.js';
-import { CATEGORIES_SQL, EXAMPLES, renderExamples, renderHistory, renderSchema, wireCoreQueries } from './panels.js';
+import {
+  CATEGORIES_SQL,
+  EXAMPLES,
+  renderExamples,
+  renderHistory,
+  renderSchema,
+  wireCoreQueries,
+} from './panels.js';
 import { el, resultFooter, resultTable } from './results.js';
 import { installTokenPrompt } from './token.js';
 
@@ -105,7 +112,10 @@ function begin(kind, label) {
   const controller = new AbortController();
   const started = performance.now();
   const op = { queryId: newQueryId(), controller, started, kind, timer: null };
-  op.timer = setInterval(() => setStatus('running', `${label}… ${formatDuration(performance.now() - started)}`), 100);
+  op.timer = setInterval(
+    () => setStatus('running', `${label}… ${formatDuration(performance.now() - started)}`),
+    100,
+  );
   setStatus('running', `${label}…`, { queryId: op.queryId });
   setBusy(true);
   running = op;
@@ -130,6 +140,7 @@ function stop(reason = 'cancelled') {
   const op = running;
   if (!op) return;
   op.cancelReason = reason;
+  clearInterval(op.timer); // its ticking must not overwrite the status of whatever comes next
   op.controller.abort();
   if (op.kind !== 'core') cancelOnServer(op.queryId);
 }
@@ -157,16 +168,24 @@ async function runQuery(sql, { push = true } = {}) {
   if (push) pushUrl(sql);
   const op = begin('query', 'Running');
   try {
-    const answer = await runSql(sql, { queryId: op.queryId, maxRows: MAX_ROWS, signal: op.controller.signal });
+    const answer = await runSql(sql, {
+      queryId: op.queryId,
+      maxRows: MAX_ROWS,
+      signal: op.controller.signal,
+    });
     const ms = end(op);
     const rows = answer.rows.length;
     const server = typeof answer.took_ms === 'number' ? ` (server ${formatDuration(answer.took_ms)})` : '';
     const truncated = answer.truncated ? ' · truncated' : '';
-    setStatus('done', `${rows.toLocaleString()} ${rows === 1 ? 'row' : 'rows'} · ${formatDuration(ms)}${server}${truncated}`, {
-      rows,
-      ms: Math.round(ms),
-      truncated: Boolean(answer.truncated),
-    });
+    setStatus(
+      'done',
+      `${rows.toLocaleString()} ${rows === 1 ? 'row' : 'rows'} · ${formatDuration(ms)}${server}${truncated}`,
+      {
+        rows,
+        ms: Math.round(ms),
+        truncated: Boolean(answer.truncated),
+      },
+    );
     ui.results.replaceChildren(resultTable(answer), ...[resultFooter(answer)].filter(Boolean));
     showChart(planChart(answer.columns, answer.rows));
     remember({ sql, ok: true, rows, ms });
@@ -203,7 +222,10 @@ window.addEventListener('popstate', () => {
 });
 
 function fileStamp(date = new Date()) {
-  return date.toISOString().replace(/\.\d+Z$/, 'Z').replace(/[-:]/g, '');
+  return date
+    .toISOString()
+    .replace(/\.\d+Z$/, 'Z')
+    .replace(/[-:]/g, '');
 }
 
 async function exportResult(format) {
@@ -224,18 +246,13 @@ async function exportResult(format) {
   } catch (error) {
     const ms = end(op);
     if (op.controller.signal.aborted) {
-      if (op.cancelReason !== 'superseded') setStatus('cancelled', `Export cancelled after ${formatDuration(ms)}`);
+      if (op.cancelReason !== 'superseded')
+        setStatus('cancelled', `Export cancelled after ${formatDuration(ms)}`);
       return;
     }
     setStatus('error', `Export failed after ${formatDuration(ms)}`);
     showError(error);
   }
-}
-
-function formatBytes(n) {
-  if (n < 1024) return `${n} B`;
-  if (n < 1024 ** 2) return `${(n / 1024).toFixed(1)} kB`;
-  return `${(n / 1024 ** 2).toFixed(1)} MB`;
 }
 
 async function callCore(kind, url) {
@@ -247,7 +264,12 @@ async function callCore(kind, url) {
     const ms = end(op);
     setStatus('done', `/v1/${kind} answered in ${formatDuration(ms)}`, { ms: Math.round(ms) });
     const json = JSON.stringify(answer, (_k, v) => (typeof v === 'bigint' ? v.toString() : v), 2);
-    const head = el('div', { class: 'api-url' }, el('span', { class: 'method', text: 'GET' }), el('a', { href: url, text: url }));
+    const head = el(
+      'div',
+      { class: 'api-url' },
+      el('span', { class: 'method', text: 'GET' }),
+      el('a', { href: url, text: url }),
+    );
     const headline =
       kind === 'topk'
         ? null
@@ -258,11 +280,23 @@ async function callCore(kind, url) {
             el('span', { class: 'unit', text: kind }),
           );
     ui.results.replaceChildren(
-      el('div', { class: 'api-answer', 'data-testid': 'api-answer' }, head, ...[headline].filter(Boolean), el('pre', { text: json })),
+      el(
+        'div',
+        { class: 'api-answer', 'data-testid': 'api-answer' },
+        head,
+        ...[headline].filter(Boolean),
+        el('pre', { text: json }),
+      ),
     );
     if (kind === 'topk' && answer.producers?.length) {
       showChart(
-        { kind: 'bar', labels: answer.producers.map((p) => p.producer_id), values: answer.producers.map((p) => Number(p.count)), valueLabel: 'count', note: '' },
+        {
+          kind: 'bar',
+          labels: answer.producers.map((p) => p.producer_id),
+          values: answer.producers.map((p) => Number(p.count)),
+          valueLabel: 'count',
+          note: '',
+        },
         'top producers',
       );
     } else {
@@ -364,6 +398,9 @@ if (new URLSearchParams(location.search).get('sql')) {
 } else {
   setStatus('idle', 'Ready', { rows: 0, ms: 0 });
   ui.results.replaceChildren(
-    el('p', { class: 'placeholder', text: 'Write a query and press Ctrl+Enter, or pick an example on the left.' }),
+    el('p', {
+      class: 'placeholder',
+      text: 'Write a query and press Ctrl+Enter, or pick an example on the left.',
+    }),
   );
 }

@@ -4,7 +4,7 @@
 import './style.css';
 import { getCluster, getCore, getStats, newQueryId, runSql } from './api.js';
 import { LineChart, planChart } from './chart.js';
-import { formatCompact } from './format.js';
+import { formatBytes, formatCompact } from './format.js';
 import { CATEGORIES_SQL } from './panels.js';
 import { el } from './results.js';
 import { installTokenPrompt } from './token.js';
@@ -52,19 +52,6 @@ function formatUptime(seconds) {
   return `${(seconds / 86400).toFixed(1)} d`;
 }
 
-function formatBytes(n) {
-  const value = Number(n);
-  if (value < 1024) return `${value} B`;
-  const units = ['kB', 'MB', 'GB', 'TB'];
-  let size = value / 1024;
-  let unit = 0;
-  while (size >= 1024 && unit < units.length - 1) {
-    size /= 1024;
-    unit += 1;
-  }
-  return `${size.toFixed(size < 10 ? 1 : 0)} ${units[unit]}`;
-}
-
 /** Events per second between consecutive samples; null across a restart (the total went down). */
 export function rates(points) {
   return points.map((p, i) => {
@@ -109,7 +96,10 @@ async function pollStats() {
     fill: true,
     xWindow: () => [Date.now() / 1000 - (RATE_WINDOW * STATS_EVERY_MS) / 1000, Date.now() / 1000],
   });
-  rateChart.setData(samples.map((s) => s.t), [series]);
+  rateChart.setData(
+    samples.map((s) => s.t),
+    [series],
+  );
 }
 
 // ---- events per category ----------------------------------------------------------------------
@@ -159,7 +149,10 @@ async function pollCategories() {
       });
       categoryLabels = labels.join('\n');
     }
-    categoryChart.setData(plan.x, plan.series.map((s) => s.values));
+    categoryChart.setData(
+      plan.x,
+      plan.series.map((s) => s.values),
+    );
     const bucket = bucketMinutes(range);
     $('#categories-note').textContent =
       `events per ${bucket === 1 ? 'minute' : `${bucket} minutes`}, UTC; the last bucket is still filling` +
@@ -210,15 +203,35 @@ async function pollTopProducers() {
         el('td', { class: 'rownum', text: String(i + 1) }),
         el('td', { class: 'producer', text: p.producer_id, title: p.producer_id }),
         el('td', { class: 'num', text: Number(p.count).toLocaleString() }),
-        el('td', { class: 'bar-cell' }, el('span', { class: 'bar', style: `width: ${(Number(p.count) / top) * 100}%` })),
+        el(
+          'td',
+          { class: 'bar-cell' },
+          el('span', { class: 'bar', style: `width: ${(Number(p.count) / top) * 100}%` }),
+        ),
       ),
     );
-    const partial = answer.partial ? el('p', { class: 'warning', text: `Partial: shards ${answer.missing_shards.join(', ')} unreachable.` }) : null;
+    const partial = answer.partial
+      ? el('p', {
+          class: 'warning',
+          text: `Partial: shards ${answer.missing_shards.join(', ')} unreachable.`,
+        })
+      : null;
     root.replaceChildren(
       el(
         'table',
         { class: 'results compact' },
-        el('thead', {}, el('tr', {}, el('th', { text: '#' }), el('th', { text: 'producer' }), el('th', { class: 'num', text: 'events' }), el('th', {}))),
+        el(
+          'thead',
+          {},
+          el(
+            'tr',
+            {},
+            el('th', { text: '#' }),
+            el('th', { text: 'producer' }),
+            el('th', { class: 'num', text: 'events' }),
+            el('th', {}),
+          ),
+        ),
         el('tbody', {}, ...rows),
       ),
       ...[partial].filter(Boolean),
@@ -256,19 +269,27 @@ async function pollCluster() {
         el('td', {}, url),
         el('td', {}, el('span', { class: `pill state-${n.state}`, text: n.state })),
         el('td', {}, el('span', { class: `health ${n.up ? 'up' : 'down'}`, text: n.up ? 'up' : 'down' })),
-        ...(showShards ? [el('td', { class: 'num', text: shardsHeld(n) === null ? '–' : String(shardsHeld(n)) })] : []),
+        ...(showShards
+          ? [el('td', { class: 'num', text: shardsHeld(n) === null ? '–' : String(shardsHeld(n)) })]
+          : []),
       );
     });
     root.replaceChildren(
       el(
         'table',
         { class: 'results compact' },
-        el('thead', {}, el('tr', {}, ...head.map((h) => el('th', { class: h === 'shards' ? 'num' : undefined, text: h })))),
+        el(
+          'thead',
+          {},
+          el('tr', {}, ...head.map((h) => el('th', { class: h === 'shards' ? 'num' : undefined, text: h }))),
+        ),
         el('tbody', {}, ...rows),
       ),
     );
   } catch (error) {
-    root.replaceChildren(el('p', { class: 'error-text', text: `Could not load the cluster map: ${error.message}` }));
+    root.replaceChildren(
+      el('p', { class: 'error-text', text: `Could not load the cluster map: ${error.message}` }),
+    );
   }
 }
 

@@ -59,7 +59,9 @@ export function createEditor(parent, { doc = '', onRun, onChange = () => {} }) {
     state: EditorState.create({
       doc,
       extensions: [
-        Prec.highest(keymap.of([{ key: 'Mod-Enter', run: () => (closeCompletion(view), onRun(runnableText()), true) }])),
+        Prec.highest(
+          keymap.of([{ key: 'Mod-Enter', run: () => (closeCompletion(view), onRun(runnableText()), true) }]),
+        ),
         basicSetup,
         language.of(sqlLanguage({})),
         syntaxHighlighting(highlight),
@@ -91,7 +93,10 @@ export function createEditor(parent, { doc = '', onRun, onChange = () => {} }) {
     hasSelection: () => selectedText().trim() !== '',
     getText: () => view.state.doc.toString(),
     setText(text) {
-      view.dispatch({ changes: { from: 0, to: view.state.doc.length, insert: text }, selection: { anchor: text.length } });
+      view.dispatch({
+        changes: { from: 0, to: view.state.doc.length, insert: text },
+        selection: { anchor: text.length },
+      });
     },
     /** Inserts `text` at the cursor (replacing a selection), as the schema panel does on click. */
     insert(text) {

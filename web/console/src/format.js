@@ -1,7 +1,9 @@
 // How values from DuckDB's JSON look on screen, and which columns are numbers or times.
 
-const NUMERIC = /^(TINYINT|SMALLINT|INTEGER|INT|BIGINT|HUGEINT|UTINYINT|USMALLINT|UINTEGER|UBIGINT|UHUGEINT|FLOAT|REAL|DOUBLE|DECIMAL|NUMERIC|INT\d+)\b/i;
-const INTEGER = /^(TINYINT|SMALLINT|INTEGER|INT|BIGINT|HUGEINT|UTINYINT|USMALLINT|UINTEGER|UBIGINT|UHUGEINT|INT\d+)$/i;
+const NUMERIC =
+  /^(TINYINT|SMALLINT|INTEGER|INT|BIGINT|HUGEINT|UTINYINT|USMALLINT|UINTEGER|UBIGINT|UHUGEINT|FLOAT|REAL|DOUBLE|DECIMAL|NUMERIC|INT\d+)\b/i;
+const INTEGER =
+  /^(TINYINT|SMALLINT|INTEGER|INT|BIGINT|HUGEINT|UTINYINT|USMALLINT|UINTEGER|UBIGINT|UHUGEINT|INT\d+)$/i;
 const TEMPORAL = /^(TIMESTAMP|DATE|DATETIME)/i;
 const TEXT = /^(VARCHAR|TEXT|STRING|CHAR|BPCHAR|ENUM|UUID)/i;
 // Tributary stores time as BIGINT Unix nanoseconds; these names mark such columns (issue 5).
@@ -60,7 +62,12 @@ export function formatCompact(value) {
   if (n === null || n === undefined || Number.isNaN(n)) return '–';
   const abs = Math.abs(n);
   if (abs < 1000) return Number.isInteger(n) ? String(n) : n.toFixed(abs < 10 ? 2 : 1);
-  const units = [['T', 1e12], ['G', 1e9], ['M', 1e6], ['k', 1e3]];
+  const units = [
+    ['T', 1e12],
+    ['G', 1e9],
+    ['M', 1e6],
+    ['k', 1e3],
+  ];
   const [suffix, size] = units.find(([, s]) => abs >= s);
   return `${(n / size).toFixed(abs / size < 10 ? 2 : 1)}${suffix}`;
 }
@@ -88,4 +95,18 @@ export function formatDuration(ms) {
   if (ms < 60_000) return `${(ms / 1000).toFixed(ms < 10_000 ? 2 : 1)} s`;
   const minutes = Math.floor(ms / 60_000);
   return `${minutes} min ${Math.round((ms % 60_000) / 1000)} s`;
+}
+
+/** A byte count in binary units: 812 B, 4.2 kB, 38 MB. */
+export function formatBytes(n) {
+  const value = Number(n);
+  if (value < 1024) return `${value} B`;
+  const units = ['kB', 'MB', 'GB', 'TB'];
+  let size = value / 1024;
+  let unit = 0;
+  while (size >= 1024 && unit < units.length - 1) {
+    size /= 1024;
+    unit += 1;
+  }
+  return `${size.toFixed(size < 10 ? 1 : 0)} ${units[unit]}`;
 }

@@ -44,18 +44,33 @@ export const EXAMPLES = [
 export function renderSchema(root, tables, { onInsert, onPreview }) {
   root.replaceChildren(
     ...tables.map((table) => {
-      const name = el('button', { class: 'link insert', type: 'button', title: `insert ${table.name}`, text: table.name });
+      const name = el('button', {
+        class: 'link insert',
+        type: 'button',
+        title: `insert ${table.name}`,
+        text: table.name,
+      });
       name.addEventListener('click', (event) => {
         event.preventDefault(); // a click on the name inserts it; the marker beside it folds the list
         onInsert(table.name);
       });
-      const preview = el('button', { class: 'ghost small', type: 'button', title: `SELECT * FROM ${table.name} LIMIT 100`, text: 'preview' });
+      const preview = el('button', {
+        class: 'ghost small',
+        type: 'button',
+        title: `SELECT * FROM ${table.name} LIMIT 100`,
+        text: 'preview',
+      });
       preview.addEventListener('click', (event) => {
         event.preventDefault();
         onPreview(table.name);
       });
       const columns = table.columns.map((c) => {
-        const button = el('button', { class: 'link insert', type: 'button', title: `insert ${c.name}`, text: c.name });
+        const button = el('button', {
+          class: 'link insert',
+          type: 'button',
+          title: `insert ${c.name}`,
+          text: c.name,
+        });
         button.addEventListener('click', () => onInsert(c.name));
         return el('li', {}, button, el('span', { class: 'type', text: c.type }));
       });
@@ -96,7 +111,11 @@ export function renderHistory(root, entries, onPick) {
   }
   root.replaceChildren(
     ...entries.map((entry) => {
-      const meta = entry.ok ? `${entry.rows} rows · ${Math.round(entry.ms)} ms` : entry.cancelled ? 'cancelled' : 'error';
+      const meta = entry.ok
+        ? `${entry.rows} rows · ${Math.round(entry.ms)} ms`
+        : entry.cancelled
+          ? 'cancelled'
+          : 'error';
       const button = el(
         'button',
         { class: `history-entry${entry.ok ? '' : ' failed'}`, type: 'button', title: entry.sql },
@@ -116,7 +135,12 @@ export function renderHistory(root, entries, onPick) {
 export function wireCoreQueries(form, links, onCall) {
   const update = () => {
     const data = new FormData(form);
-    const args = { category: data.get('category') || '', start: data.get('start'), end: 'now', k: data.get('k') || 10 };
+    const args = {
+      category: data.get('category') || '',
+      start: data.get('start'),
+      end: 'now',
+      k: data.get('k') || 10,
+    };
     for (const link of links.querySelectorAll('a[data-kind]')) {
       link.href = coreQueryUrl(link.dataset.kind, args);
     }

@@ -63,13 +63,18 @@ export function resultTable(answer) {
       const classes = [numeric[i] && 'num', title && 'time'].filter(Boolean).join(' ');
       const cell = el('td', { class: classes || undefined, title, text: formatCell(value) });
       // Epoch nanoseconds mean nothing at a glance: the instant follows, muted, in UTC.
-      if (title && numeric[i]) cell.append(el('span', { class: 'when', text: title.replace(/(:00)? UTC$/, '') }));
+      if (title && numeric[i])
+        cell.append(el('span', { class: 'when', text: title.replace(/(:00)? UTC$/, '') }));
       tr.append(cell);
     });
     body.append(tr);
   });
   // The wrapper scrolls both ways so the header can stick to its top while the rows move.
-  return el('div', { class: 'table-wrap' }, el('table', { class: 'results' }, el('thead', {}, head), el('tbody', {}, body)));
+  return el(
+    'div',
+    { class: 'table-wrap' },
+    el('table', { class: 'results' }, el('thead', {}, head), el('tbody', {}, body)),
+  );
 }
 
 /** One line under the table saying what was drawn of what came back. */
@@ -81,5 +86,7 @@ export function resultFooter(answer) {
   if (answer.truncated) {
     parts.push(`The server stopped at ${answer.row_count} rows (truncated); Export runs the query in full.`);
   }
-  return parts.length ? el('p', { class: 'result-note', 'data-testid': 'truncated', text: parts.join(' ') }) : null;
+  return parts.length
+    ? el('p', { class: 'result-note', 'data-testid': 'truncated', text: parts.join(' ') })
+    : null;
 }
