@@ -23,37 +23,32 @@ Guarantees:
   keys for 24 h by default, so replays later than that may store a batch twice.
 - Without a spool a batch is given up after ``retry_max_elapsed_s`` (``on_error``, ``failed``).
 
-Imports nothing of the server but ``storage.schema``.
+This module is the public face and the sender loop; its parts are ``ingest.outbox`` (checking
+events, sealing batches), ``ingest.courier`` (the wire: retries, failover, discovery) and
+``ingest.spool`` (the disk). Together they import nothing of the server but ``storage.schema``.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import email.utils
-import json
 import logging
-import numbers
 import os
 import random
-import re
 import threading
 import time
-import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 import httpx
 import pyarrow as pa
-import pyarrow.compute as pc
-import zstandard
 
-from ingest.spool import Spool, SpoolEntry, SpoolLocked
-from storage.schema import CATEGORY_MAX_BYTES, EVENT_SCHEMA, PRODUCER_MAX_BYTES
+from ingest.courier import Courier, backoff_delay, is_retryable, parse_retry_after, problem
+from ingest.outbox import ARROW_STREAM, Batch, InvalidEvent, OpenBatch, ProducerError, check_event, conform, seal
+from ingest.spool import Spool, SpoolLocked
 
 __all__ = [
     "ARROW_STREAM",
@@ -73,16 +68,6 @@ __all__ = [
 
 log = logging.getLogger("tributary.client")
 
-ARROW_STREAM = "application/vnd.apache.arrow.stream"
-_JSON = "application/json"
-_INT64 = (-(1 << 63), (1 << 63) - 1)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|z|[+-]\d\d:\d\d)$")
-
-
-class ProducerError(Exception):
-    """Root of the producer client's errors."""
-
 
 class QueueFull(ProducerError):
     """The in-memory queue stayed full for ``block_timeout_s``: the nodes are slower than the
@@ -91,15 +76,6 @@ class QueueFull(ProducerError):
 
 class ProducerClosed(ProducerError):
     """``send`` after ``close``; create a new Producer."""
-
-
-class InvalidEvent(ProducerError, ValueError):
-    """The event breaks the event contract (DESIGN.md, "The event"); nothing of it was queued.
-    ``field`` names the offending field."""
-
-    def __init__(self, detail: str, field: str | None = None) -> None:
-        super().__init__(detail)
-        self.field = field
 
 
 @dataclass(frozen=True)
@@ -182,63 +158,6 @@ class BatchInfo:
 ErrorCallback = Callable[[BatchInfo, dict[str, Any]], None]
 
 
-def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
-    """Full jitter (AWS architecture blog, "Exponential Backoff and Jitter"): a uniform draw in
-    ``[0, min(cap, base * 2**attempt)]``; ``attempt`` counts from 0."""
-    return rng.uniform(0.0, min(cap, base * 2.0 ** min(attempt, 62)))
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date (RFC 9110
-    10.2.3). None when absent or unreadable; never negative."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
-
-
-def is_retryable(status: int) -> bool:
-    """Statuses worth another attempt: the request may succeed later or elsewhere."""
-    return status in (408, 425, 429) or status >= 500
-
-
-@dataclass(eq=False)
-class _Batch:
-    key: str
-    body: bytes
-    content_type: str
-    content_encoding: str | None
-    events: int
-    mem_bytes: int
-    entry: SpoolEntry | None = None
-    attempts: int = 0
-    first_attempt: float | None = None
-    not_before: float = 0.0
-    url: str | None = None
-
-
-@dataclass
-class _Open:
-    ts: list[int] = field(default_factory=list)
-    cat: list[str] = field(default_factory=list)
-    val: list[int] = field(default_factory=list)
-    pid: list[str] = field(default_factory=list)
-    tables: list[pa.Table] = field(default_factory=list)
-    events: int = 0
-    nbytes: int = 0
-    started: float = 0.0
-
-
 _live: weakref.WeakSet[Producer] = weakref.WeakSet()
 
 
@@ -267,29 +186,28 @@ class Producer:
         **overrides: Any,
     ) -> None:
         self.config = cfg = replace(config or ProducerConfig(), **overrides)
-        given = [urls] if isinstance(urls, str) else list(urls)
-        self._given = [u.rstrip("/") for u in given]
-        if not self._given:
+        given = [u.rstrip("/") for u in ([urls] if isinstance(urls, str) else list(urls))]
+        if not given:
             raise ValueError("at least one URL is needed")
-        self._learned: list[str] = []
-        self._url = self._given[0]
         self._on_error = on_error or _log_error
         self._rng = rng or random.Random()
         # The spool first: SpoolLocked must not leave a connection pool behind.
         self._spool = Spool(spool_dir, max_bytes=cfg.spool_max_bytes, fsync=cfg.spool_fsync) if spool_dir else None
-        headers = {"User-Agent": "tributary-producer/1"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        self._http = httpx.Client(
-            headers=headers,
-            timeout=httpx.Timeout(cfg.request_timeout_s, connect=cfg.connect_timeout_s),
-            transport=transport,
-        )
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._abandon = threading.Event()
-        self._open = _Open()
-        self._queue: deque[_Batch] = deque()
+        self._courier = Courier(
+            given,
+            cfg,
+            token=token,
+            transport=transport,
+            rng=self._rng,
+            abandon=self._abandon,
+            count=self._count,
+            refuse=self._fail,
+        )
+        self._open = OpenBatch()
+        self._queue: deque[Batch] = deque()
         self._mem_events = 0
         self._mem_bytes = 0
         self._counts = {f.name: 0 for f in fields(ProducerStats)}
@@ -299,7 +217,6 @@ class Producer:
         self._probe_failures = 0
         self._next_probe = 0.0
         self._spool_turn = True
-        self._next_refresh = 0.0 if cfg.discover else float("inf")
         self._last_drop_warning = 0.0
         self._thread = threading.Thread(target=self._run, name="tributary-producer", daemon=True)
         self._thread.start()
@@ -310,8 +227,8 @@ class Producer:
     def send(self, event: Mapping[str, Any]) -> None:
         """Queue one event ``{timestamp, category, value, producer_id}``; ``timestamp`` is Unix ns,
         an aware ``datetime`` or an RFC 3339 string. Raises InvalidEvent, QueueFull, ProducerClosed."""
-        ts, cat, val, pid, nbytes = _coerce(event)
-        sealed: _Open | None = None
+        ts, cat, val, pid, nbytes = check_event(event)
+        sealed: OpenBatch | None = None
         with self._cond:
             if not self._admit(1, nbytes):
                 return
@@ -326,7 +243,7 @@ class Producer:
             o.events += 1
             o.nbytes += nbytes
             if o.events >= self.config.batch_events or o.nbytes >= self.config.batch_bytes:
-                sealed, self._open = o, _Open()
+                sealed, self._open = o, OpenBatch()
         if sealed is not None:
             self._enqueue(sealed)
 
@@ -337,11 +254,11 @@ class Producer:
             for e in events:
                 self.send(e)
             return
-        table = _conform(events)
+        table = conform(events)
         cfg = self.config
         offset = 0
         while offset < table.num_rows:
-            sealed: _Open | None = None
+            sealed: OpenBatch | None = None
             with self._cond:
                 o = self._open
                 room = max(1, cfg.batch_events - o.events)
@@ -359,7 +276,7 @@ class Producer:
                 o.nbytes += nbytes
                 offset += piece.num_rows
                 if o.events >= cfg.batch_events or o.nbytes >= cfg.batch_bytes:
-                    sealed, self._open = o, _Open()
+                    sealed, self._open = o, OpenBatch()
             if sealed is not None:
                 self._enqueue(sealed)
 
@@ -368,7 +285,7 @@ class Producer:
         refused, spooled batches included (when the nodes are down it waits for them to return).
         False if ``timeout`` passed first; nothing is lost then, it stays queued or spooled."""
         with self._cond:
-            sealed, self._open = (self._open, _Open()) if self._open.events else (None, self._open)
+            sealed, self._open = (self._open, OpenBatch()) if self._open.events else (None, self._open)
         if sealed is not None:
             self._enqueue(sealed)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -398,7 +315,7 @@ class Producer:
         self._thread.join(self.config.request_timeout_s + self.config.connect_timeout_s + 10.0)
         if self._thread.is_alive():
             log.warning("producer sender thread did not stop; %d events may be lost", self._mem_events)
-        self._http.close()
+        self._courier.close()
         if self._spool is not None:
             self._spool.close()
         _live.discard(self)
@@ -420,7 +337,7 @@ class Producer:
     @property
     def urls(self) -> list[str]:
         """The failover order: the given URLs, then the learned ones."""
-        return self._given + [u for u in self._learned if u not in self._given]
+        return self._courier.urls
 
     def _admit(self, events: int, nbytes: int) -> bool:
         """Make room for ``events`` (lock held). False when they were dropped by policy."""
@@ -450,37 +367,15 @@ class Producer:
         self._counts["sent"] += events
         return True
 
-    def _enqueue(self, sealed: _Open) -> None:
+    def _enqueue(self, sealed: OpenBatch) -> None:
         batch = self._encode(sealed)
         with self._cond:
             self._queue.append(batch)
             self._cond.notify_all()
 
-    def _encode(self, o: _Open) -> _Batch:
+    def _encode(self, o: OpenBatch) -> Batch:
         cfg = self.config
-        parts = [b for t in o.tables for b in t.to_batches()]
-        if o.ts:
-            cols = [
-                pa.array(o.ts, pa.int64()),
-                pa.array(o.cat, pa.string()),
-                pa.array(o.val, pa.int64()),
-                pa.array(o.pid, pa.string()),
-            ]
-            parts.append(pa.RecordBatch.from_arrays(cols, schema=EVENT_SCHEMA))
-        table = pa.Table.from_batches(parts, schema=EVENT_SCHEMA)
-        if cfg.format == "arrow":
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, EVENT_SCHEMA) as writer:
-                writer.write_table(table)
-            body, ctype = sink.getvalue().to_pybytes(), ARROW_STREAM
-        else:
-            body, ctype = json.dumps(table.to_pylist(), separators=(",", ":")).encode(), _JSON
-        encoding = None
-        if len(body) >= cfg.compress_min_bytes:
-            packed = zstandard.ZstdCompressor(level=cfg.compress_level).compress(body)
-            if len(packed) < 0.9 * len(body):
-                body, encoding = packed, "zstd"
-        return _Batch(uuid.uuid4().hex, body, ctype, encoding, o.events, o.nbytes)
+        return seal(o, cfg.format, cfg.compress_min_bytes, cfg.compress_level)
 
     # -- the sender thread ---------------------------------------------------------------------
 
@@ -498,13 +393,13 @@ class Producer:
     def _step(self) -> bool:
         """One unit of the sender's work; False when the thread is done."""
         now = time.monotonic()
-        if now >= self._next_refresh:
-            self._refresh_cluster()
+        if now >= self._courier.next_refresh:
+            self._courier.refresh()
         spool = self._spool
         with self._cond:
-            o: _Open | None = None
+            o: OpenBatch | None = None
             if self._open.events and now - self._open.started >= self.config.linger_s:
-                o, self._open = self._open, _Open()
+                o, self._open = self._open, OpenBatch()
             batch = self._queue[0] if self._queue else None
         if o is not None:
             self._enqueue(o)
@@ -534,14 +429,14 @@ class Producer:
         return True
 
     def _idle_wait(self, now: float) -> float:
-        waits = [self._next_refresh - now, 1.0]
+        waits = [self._courier.next_refresh - now, 1.0]
         if self._open.events:
             waits.append(self._open.started + self.config.linger_s - now)
         if self._offline and self._spool is not None and self._spool.pending:
             waits.append(self._next_probe - now)
         return max(0.0, min(waits))
 
-    def _send(self, batch: _Batch) -> None:
+    def _send(self, batch: Batch) -> None:
         cfg = self.config
         if self._abandon.wait(max(0.0, batch.not_before - time.monotonic())):
             return
@@ -550,7 +445,7 @@ class Producer:
             batch.first_attempt = now
         spool = self._spool
         last_chance = batch.first_attempt + cfg.retry_max_elapsed_s
-        outcome = self._deliver(batch, min(now + cfg.spool_after_s, last_chance) if spool else last_chance)
+        outcome = self._courier.deliver(batch, min(now + cfg.spool_after_s, last_chance) if spool else last_chance)
         if outcome == "abandoned":
             return
         if outcome == "gave_up":
@@ -559,7 +454,7 @@ class Producer:
                 return
             if batch.not_before < last_chance:
                 return  # the spool is full: keep it in memory and try again when due
-            self._fail(batch, _problem("undeliverable", f"no node answered within {cfg.retry_max_elapsed_s} s"))
+            self._fail(batch, problem("undeliverable", f"no node answered within {cfg.retry_max_elapsed_s} s"))
         else:
             self._offline = False
         self._settle(batch)
@@ -570,7 +465,7 @@ class Producer:
         if entry is None:
             self._offline = False
             return
-        batch = _Batch(
+        batch = Batch(
             entry.idempotency_key,
             entry.body,
             entry.content_type,
@@ -581,7 +476,7 @@ class Producer:
         )
         # A probe is a single attempt; online, a replay gets the same patience as a fresh batch.
         give_up_at = time.monotonic() + (0.0 if probe else self.config.spool_after_s)
-        outcome = self._deliver(batch, give_up_at)
+        outcome = self._courier.deliver(batch, give_up_at)
         if outcome in ("acked", "rejected"):
             self._spool.remove(entry)
             self._offline = False
@@ -598,7 +493,7 @@ class Producer:
         self._probe_failures += 1
         self._offline = True
 
-    def _park(self, batch: _Batch) -> bool:
+    def _park(self, batch: Batch) -> bool:
         """Move a memory batch to the spool; False when the spool is full or failing."""
         assert self._spool is not None
         try:
@@ -617,16 +512,16 @@ class Producer:
         while True:
             with self._cond:
                 if self._open.events:
-                    o, self._open = self._open, _Open()
+                    o, self._open = self._open, OpenBatch()
                     self._queue.append(self._encode(o))
                 if not self._queue:
                     return
                 batch = self._queue[0]
             if self._spool is None or not self._park(batch):
-                self._fail(batch, _problem("undelivered at close", "the producer was closed before delivery"))
+                self._fail(batch, problem("undelivered at close", "the producer was closed before delivery"))
                 self._settle(batch)
 
-    def _settle(self, batch: _Batch) -> None:
+    def _settle(self, batch: Batch) -> None:
         """Forget a memory batch: acknowledged, spooled or failed."""
         with self._cond:
             if self._queue and self._queue[0] is batch:
@@ -635,7 +530,7 @@ class Producer:
             self._mem_bytes -= batch.mem_bytes
             self._cond.notify_all()
 
-    def _fail(self, batch: _Batch, problem: dict[str, Any]) -> None:
+    def _fail(self, batch: Batch, doc: dict[str, Any]) -> None:
         with self._cond:
             self._counts["failed"] += batch.events
         info = BatchInfo(
@@ -648,184 +543,15 @@ class Producer:
             batch.entry is not None,
         )
         try:
-            self._on_error(info, problem)
+            self._on_error(info, doc)
         except Exception:
             log.exception("on_error callback raised")
 
-    def _deliver(self, batch: _Batch, give_up_at: float) -> str:
-        """Attempt until acknowledged, refused, past ``give_up_at`` or closing. Returns one of
-        acked, rejected, gave_up, abandoned."""
-        failures = 0
-        while True:
-            if batch.attempts:
-                with self._cond:
-                    self._counts["retried"] += 1
-            outcome, wait = self._attempt(batch)
-            if outcome in ("acked", "rejected"):
-                return outcome
-            cfg = self.config
-            delay = (
-                wait if wait is not None else backoff_delay(failures, cfg.backoff_base_s, cfg.backoff_cap_s, self._rng)
-            )
-            failures += 1
-            batch.not_before = time.monotonic() + delay
-            if batch.not_before > give_up_at:
-                return "gave_up"
-            if self._abandon.wait(delay):
-                return "abandoned"
-
-    def _attempt(self, batch: _Batch) -> tuple[str, float | None]:
-        """One POST. ``("retry", retry_after)`` for a transient failure."""
-        url = batch.url = self._url
-        batch.attempts += 1
-        headers = {"Content-Type": batch.content_type, "Idempotency-Key": batch.key}
-        if batch.content_encoding:
-            headers["Content-Encoding"] = batch.content_encoding
+    def _count(self, **increments: int) -> None:
         with self._cond:
-            self._counts["requests"] += 1
-        try:
-            r = self._http.post(url + "/v1/events", content=batch.body, headers=headers)
-        except httpx.TransportError as e:  # refused, reset, timed out, truncated response
-            log.debug("POST %s failed: %r", url, e)
-            self._rotate(url)
-            return "retry", None
-        if r.is_success:
-            try:
-                duplicate = bool(r.json().get("duplicate", False))
-            except (ValueError, AttributeError):
-                # The status says committed; the retry with the same key is answered as a duplicate.
-                return "retry", None
-            with self._cond:
-                self._counts["acknowledged"] += batch.events
-                self._counts["duplicates"] += duplicate
-                if batch.entry is not None:
-                    self._counts["replayed"] += batch.events
-            return "acked", None
-        if is_retryable(r.status_code):
-            if r.status_code not in (408, 429):  # the node is sick, not just busy: try another
-                self._rotate(url)
-            wait = parse_retry_after(r.headers.get("retry-after"))
-            if wait is not None:
-                wait = min(wait, self.config.retry_after_max_s) + self._rng.uniform(0, self.config.backoff_base_s)
-            return "retry", wait
-        self._fail(batch, _problem_of(r))
-        return "rejected", None
-
-    def _rotate(self, failed: str) -> None:
-        urls = self.urls
-        if self._url == failed and len(urls) > 1:
-            i = urls.index(failed) if failed in urls else -1
-            self._url = urls[(i + 1) % len(urls)]
-
-    def _refresh_cluster(self) -> None:
-        """Learn the nodes' URLs from ``GET /v1/cluster``; any failure is fine: try again later."""
-        self._next_refresh = time.monotonic() + self.config.cluster_refresh_s
-        try:
-            r = self._http.get(self._url + "/v1/cluster", timeout=min(2.0, self.config.request_timeout_s))
-            r.raise_for_status()
-            nodes = r.json()["nodes"]
-            up = [n["url"].rstrip("/") for n in nodes if n.get("up", True) and n.get("url")]
-            down = [n["url"].rstrip("/") for n in nodes if not n.get("up", True) and n.get("url")]
-        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as e:
-            log.debug("cluster refresh from %s failed: %r", self._url, e)
-            return
-        self._learned = up + down
+            for name, n in increments.items():
+                self._counts[name] += n
 
 
-def _log_error(info: BatchInfo, problem: dict[str, Any]) -> None:
-    log.error("batch %s (%d events) refused: %s", info.idempotency_key, info.events, problem)
-
-
-def _problem(title: str, detail: str, status: int = 0) -> dict[str, Any]:
-    return {"type": "about:blank", "title": title, "status": status, "detail": detail}
-
-
-def _problem_of(r: httpx.Response) -> dict[str, Any]:
-    try:
-        doc = r.json()
-        if isinstance(doc, dict):
-            return {"status": r.status_code, **doc}
-    except ValueError:
-        pass
-    return _problem(r.reason_phrase or "error", r.text[:1000], r.status_code)
-
-
-def _text(event: Mapping[str, Any], name: str, limit: int) -> str:
-    s = event.get(name)
-    if not isinstance(s, str) or not s:
-        raise InvalidEvent(f"{name} must be a non-empty string", name)
-    if len(s) * 4 > limit and len(s.encode()) > limit:
-        raise InvalidEvent(f"{name} is longer than {limit} UTF-8 bytes", name)
-    return s
-
-
-def _coerce(event: Mapping[str, Any]) -> tuple[int, str, int, str, int]:
-    """``(timestamp, category, value, producer_id, estimated bytes)`` of a valid event."""
-    if not isinstance(event, Mapping):
-        raise InvalidEvent("an event is a mapping")
-    ts = event.get("timestamp")
-    if isinstance(ts, str):
-        ts = _parse_rfc3339(ts)
-    elif isinstance(ts, datetime):
-        if ts.tzinfo is None:
-            raise InvalidEvent("timestamp datetime must be timezone-aware", "timestamp")
-        ts = _ns_of(ts)
-    ts = _int64(ts)
-    if ts is None:
-        raise InvalidEvent("timestamp must be int64 Unix ns, an aware datetime or RFC 3339", "timestamp")
-    value = _int64(event.get("value"))
-    if value is None:
-        raise InvalidEvent("value must be an int64 integer", "value")
-    cat = _text(event, "category", CATEGORY_MAX_BYTES)
-    pid = _text(event, "producer_id", PRODUCER_MAX_BYTES)
-    return ts, cat, value, pid, 32 + len(cat) + len(pid)
-
-
-def _int64(x: object) -> int | None:
-    """``x`` as a Python int when it is an integer (numpy's too, bool not) within int64."""
-    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
-        return None
-    i = int(x)
-    return i if _INT64[0] <= i <= _INT64[1] else None
-
-
-def _ns_of(dt: datetime) -> int:
-    """Exact integer nanoseconds (no float on the way)."""
-    return (dt - _EPOCH) // timedelta(microseconds=1) * 1000
-
-
-def _parse_rfc3339(s: str) -> int:
-    m = _RFC3339.match(s)
-    if m is None:
-        raise InvalidEvent(f"timestamp {s!r} is not RFC 3339", "timestamp")
-    base, frac, zone = m.groups()
-    try:
-        dt = datetime.fromisoformat(base + ("+00:00" if zone in "Zz" else zone))
-    except ValueError as e:
-        raise InvalidEvent(f"timestamp {s!r}: {e}", "timestamp") from e
-    return _ns_of(dt) + int((frac or "0").ljust(9, "0"))
-
-
-def _conform(data: pa.Table | pa.RecordBatch) -> pa.Table:
-    """The data as an EVENT_SCHEMA table, or InvalidEvent naming the first bad column."""
-    table = pa.Table.from_batches([data]) if isinstance(data, pa.RecordBatch) else data
-    cols = []
-    for f in EVENT_SCHEMA:
-        if f.name not in table.column_names:
-            raise InvalidEvent(f"column {f.name} is missing", f.name)
-        col = table.column(f.name)
-        if col.null_count:
-            raise InvalidEvent(f"column {f.name} has nulls", f.name)
-        if not col.type.equals(f.type):
-            try:
-                col = col.cast(pa.int64()) if pa.types.is_timestamp(col.type) else col.cast(f.type)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-                raise InvalidEvent(f"column {f.name}: {e}", f.name) from e
-        cols.append(col)
-    out = pa.Table.from_arrays(cols, schema=EVENT_SCHEMA)
-    for name, limit in (("category", CATEGORY_MAX_BYTES), ("producer_id", PRODUCER_MAX_BYTES)):
-        if out.num_rows:
-            lo, hi = pc.min_max(pc.binary_length(out.column(name))).values()
-            if lo.as_py() < 1 or hi.as_py() > limit:
-                raise InvalidEvent(f"{name} must be 1..{limit} UTF-8 bytes", name)
-    return out
+def _log_error(info: BatchInfo, doc: dict[str, Any]) -> None:
+    log.error("batch %s (%d events) refused: %s", info.idempotency_key, info.events, doc)
