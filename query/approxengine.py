@@ -63,6 +63,12 @@ _T = TypeVar("_T")
 HISTOGRAM_SCHEMA = pa.schema([pa.field("value", pa.int64(), nullable=False), pa.field("n", pa.int64(), nullable=False)])
 
 
+# The sketch columns each answer reads.
+_DISTINCT = ("n", "hll")
+_QUANTILES = ("n", "kll")
+_TOPK = ("shard", "n", "frequent", "frequent_error")
+
+
 @dataclass(frozen=True)
 class ApproxConfig:
     """``sketch``: sizes of the sketches built on the fly and of merges (the same as the stored
@@ -148,7 +154,7 @@ class ApproxEngine:
         """Distinct producers of ``category`` in ``[start, end)``: an exact count, or with
         ``approx`` an HLL estimate with its bounds."""
         if approx:
-            return approx_distinct(self.sketch_rows(category, start, end, shards), self.config.sketch)
+            return approx_distinct(self.sketch_rows(category, start, end, shards, _DISTINCT), self.config.sketch)
         return self.distinct_exact(category, start, end, shards)
 
     def quantiles(
@@ -165,14 +171,15 @@ class ApproxEngine:
         sketches with their rank error. Values are None when the range holds no rows."""
         self._check_qs(qs)
         if approx:
-            return approx_quantiles(self.sketch_rows(category, start, end, shards), qs, self.config.sketch)
+            rows = self.sketch_rows(category, start, end, shards, _QUANTILES)
+            return approx_quantiles(rows, qs, self.config.sketch)
         return self.quantiles_exact(category, start, end, qs, shards)
 
     def topk(self, category: str, start: int, end: int, k: int, shards: Sequence[int] | None = None) -> TopAnswer:
         """Approximate top-k from frequent-items sketches, with hard per-producer bounds (the
         exact top-k is ``Engine.topk``)."""
         self.check_k(k)
-        return approx_topk(self.sketch_rows(category, start, end, shards), k, self.config.sketch)
+        return approx_topk(self.sketch_rows(category, start, end, shards, _TOPK), k, self.config.sketch)
 
     def check_k(self, k: int) -> None:
         if not 1 <= k <= self.engine.config.max_k:
@@ -280,12 +287,21 @@ class ApproxEngine:
 
     # -- sketches ---------------------------------------------------------------------------------
 
-    def sketch_rows(self, category: str, start: int, end: int, shards: Sequence[int] | None = None) -> pa.Table:
-        """``SKETCH_SCHEMA`` rows that together summarise exactly the rows of ``category`` in
-        ``[start, end)`` (over ``shards``): stored sketches of whole hours, and sketches built
-        now from the raw rows of the edges, the live buffer and parts without a sketch file."""
+    def sketch_rows(
+        self,
+        category: str,
+        start: int,
+        end: int,
+        shards: Sequence[int] | None = None,
+        columns: Sequence[str] = SKETCH_SCHEMA.names,
+    ) -> pa.Table:
+        """``SKETCH_SCHEMA`` rows (only ``columns``) that together summarise exactly the rows of
+        ``category`` in ``[start, end)`` (over ``shards``): stored sketches of whole hours, and
+        sketches built now from the raw rows of the edges, the live buffer and parts without a
+        sketch file."""
+        schema = pa.schema([SKETCH_SCHEMA.field(c) for c in columns])
         if start >= end:
-            return SKETCH_SCHEMA.empty_table()
+            return schema.empty_table()
         plan = _Plan.of(start, end)
         sc = _shard_clause(shards)
         params = {"cat": category}
@@ -293,11 +309,12 @@ class ApproxEngine:
             whole = snap.state.parts_between(plan.h1, plan.h2) if plan.h1 < plan.h2 else []
             sketched = [p.path(snap.root, SKETCH_KIND) for p in whole if SKETCH_KIND in p.files]
             unsketched = [p.path(snap.root, "events") for p in whole if SKETCH_KIND not in p.files]
-            stored = SKETCH_SCHEMA.empty_table()
+            stored = schema.empty_table()
             if sketched:
+                # Only the sketches the answer reads: a KLL or frequent-items blob is kilobytes.
                 stored = self._arrow(
                     snap,
-                    f"SELECT * FROM {_parquet(sketched)} "
+                    f"SELECT {', '.join(columns)} FROM {_parquet(sketched)} "
                     f"WHERE category = $cat AND hour >= {plan.h1} AND hour < {plan.h2}{sc}",
                     params,
                 )
@@ -314,8 +331,8 @@ class ApproxEngine:
                 f"SELECT {cols} FROM buf_rows WHERE category = $cat AND timestamp >= {start} AND timestamp < {end}{sc}"
             )
             rows = self._arrow(snap, " UNION ALL ".join(raw), params)
-        built = build_sketches(rows, self.config.sketch)
-        return pa.concat_tables([stored.select(SKETCH_SCHEMA.names).cast(SKETCH_SCHEMA), built])
+        built = build_sketches(rows, self.config.sketch).select(list(columns))
+        return pa.concat_tables([stored.cast(schema), built])
 
     # -- running ----------------------------------------------------------------------------------
 
