@@ -101,9 +101,13 @@ class Reader:
         request: dict[str, Any],
         local: Callable[[list[int]], T],
         decode: Callable[[dict[str, Any]], T],
+        *,
+        reroute: bool = True,
     ) -> Gathered[T]:
-        """Run ``request`` over every shard: ``local(shards)`` here, ``/internal/query`` there."""
+        """Run ``request`` over every shard: ``local(shards)`` here, ``/internal/query`` there.
+        When a peer says our map is stale, the map is refreshed and the read routed again once."""
         cmap = self.cmap()
+        stale = False
         tried: dict[int, set[str]] = {}
 
         def candidates(s: int) -> list[str]:
@@ -134,10 +138,13 @@ class Reader:
                     asked[node] = assignment[node]
                 except Exception as e:
                     log.info("replica failed a read; trying another", replica=node, error=str(e)[:200])
+                    stale = stale or (isinstance(e, PeerError) and e.status == 409)
                     todo += assignment[node]
             if not todo:
                 break
         missing += todo
+        if stale and reroute and self.cmap().epoch > cmap.epoch:
+            return self.gather(request, local, decode, reroute=False)
         return Gathered(parts, tuple(sorted(set(missing))), asked)
 
     def _remote(self, node: str, body: dict[str, Any], decode: Callable[[dict[str, Any]], T]) -> T:
