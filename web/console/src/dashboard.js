@@ -250,6 +250,12 @@ function shardsHeld(node) {
   return typeof held === 'number' || typeof held === 'bigint' ? Number(held) : null;
 }
 
+/** `up`, `down`, or `not-serving` for a node that answers but is still catching up (joining, repairing). */
+function health(node) {
+  if (!node.up) return 'down';
+  return node.serving === false ? 'not-serving' : 'up';
+}
+
 async function pollCluster() {
   const root = $('#nodes');
   try {
@@ -257,7 +263,10 @@ async function pollCluster() {
     const nodes = cluster.nodes ?? [];
     const up = nodes.filter((n) => n.up).length;
     $('#cluster-summary').textContent =
-      `${up}/${nodes.length} up · epoch ${cluster.epoch} · RF ${cluster.rf} · ${cluster.shards} shards`;
+      `${up}/${nodes.length} up · epoch ${cluster.epoch} · RF ${cluster.rf}` +
+      (cluster.w ? ` · W ${cluster.w}` : '') +
+      ` · ${cluster.shards} shards` +
+      (cluster.in_transition ? ' · rebalancing' : '');
     const showShards = nodes.some((n) => shardsHeld(n) !== null);
     const head = ['node', 'url', 'state', 'health', ...(showShards ? ['shards'] : [])];
     const rows = nodes.map((n) => {
@@ -268,7 +277,7 @@ async function pollCluster() {
         el('td', { class: 'node-id', text: n.node_id }),
         el('td', {}, url),
         el('td', {}, el('span', { class: `pill state-${n.state}`, text: n.state })),
-        el('td', {}, el('span', { class: `health ${n.up ? 'up' : 'down'}`, text: n.up ? 'up' : 'down' })),
+        el('td', {}, el('span', { class: `health ${health(n)}`, text: health(n).replace('-', ' ') })),
         ...(showShards
           ? [el('td', { class: 'num', text: shardsHeld(n) === null ? '–' : String(shardsHeld(n)) })]
           : []),
