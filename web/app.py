@@ -33,6 +33,7 @@ from web.logging import RequestLogMiddleware
 from web.metrics import Metrics
 from web.problem import problem_handlers
 from web.settings import Settings
+from web.sql import sql_routes
 
 __all__ = ["create_app"]
 
@@ -220,6 +221,7 @@ def create_app(node: Node, settings: Settings) -> Litestar:
             stats,
             admin_persist,
             admin_compact,
+            *sql_routes(node, settings.max_concurrent_sql),
             console_page,
             dashboard_page,
             static,

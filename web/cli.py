@@ -78,6 +78,7 @@ def serve(
     sql_timeout_s: Annotated[float, _opt("Time limit of a SQL query, s.", "SQL_TIMEOUT_S")] = 10.0,
     sql_memory_limit: Annotated[str, _opt("Memory limit of a SQL query.", "SQL_MEMORY_LIMIT")] = "512MB",
     sql_max_rows: Annotated[int, _opt("Rows returned by a JSON SQL answer.", "SQL_MAX_ROWS")] = 10_000,
+    max_concurrent_sql: Annotated[int, _opt("SQL queries running at once; beyond, 503.", "MAX_CONCURRENT_SQL")] = 4,
     sketches: Annotated[bool, _opt("Build sketch files beside parts, for approx=true answers.", "SKETCHES")] = True,
     sketch_hll_lg_k: Annotated[
         int, _opt("Distinct-producer HLL sketches: 2^k buckets (7..21), error ~1.04/sqrt(2^k).", "SKETCH_HLL_LG_K")
@@ -218,7 +219,7 @@ def load(
         Progress(
             TextColumn("[bold]load"),
             BarColumn(),
-            TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+            TextColumn("{task.completed:,.0f}" + (f"/{events:,}" if events > 0 else " sent")),
             TextColumn("[cyan]{task.fields[rate]:,.0f} ev/s"),
             TimeElapsedColumn(),
             console=console,

@@ -22,6 +22,7 @@ from ingest.persister import PersistConfig
 from ingest.wal import WalConfig
 from query.approxengine import ApproxConfig
 from query.engine import EngineConfig
+from query.sandbox import SandboxConfig
 from storage.compaction import CompactionConfig
 from storage.retention import RetentionConfig
 from storage.sketch import SketchConfig
@@ -57,6 +58,7 @@ class Settings:
     sql_timeout_s: float = 10.0
     sql_memory_limit: str = "512MB"
     sql_max_rows: int = 10_000
+    max_concurrent_sql: int = 4
     log_format: str = "auto"  # auto | json | console
     tokens_file: str = ""  # TOKEN scope[,scope] per line; see web/auth.py
     tokens: str = field(default="", repr=False)  # same format, ';' between entries (TRIBUTARY_TOKENS)
@@ -110,6 +112,9 @@ class Settings:
                 window_s=self.idempotency_window_s, max_keys=self.idempotency_max_keys
             ),
             engine=EngineConfig(timeout_s=self.query_timeout_s, max_k=self.topk_max_k),
+            sandbox=SandboxConfig(
+                timeout_s=self.sql_timeout_s, memory_limit=self.sql_memory_limit, max_rows=self.sql_max_rows
+            ),
             retention=RetentionConfig(
                 max_age_ns=int(self.retention_s * SECOND_NS) if self.retention_s > 0 else None,
                 every_s=self.retention_interval_s,
