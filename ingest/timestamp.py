@@ -7,6 +7,9 @@ RFC 3339 section 5.6 calls a ``date-time`` and nothing else. Decided here, beyon
   ``Z``, ``z`` or a ``±HH:MM`` offset, whose hours must be 00..23 and minutes 00..59.
 - Up to 9 fractional digits (nanoseconds); more would be a precision we cannot store.
 - Leap seconds (``:60``) are refused: Unix time has no such second.
+
+Imports nothing but the standard library: the producer client parses with it too, so the client
+refuses at ``send`` exactly the strings the node would refuse.
 """
 
 from __future__ import annotations

@@ -395,11 +395,25 @@ def test_timestamps_as_datetime_and_rfc3339_are_exact_nanoseconds() -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "ns"),
+    [("2024-01-02t03:04:05z", 0), ("2024-01-02 04:04:05.000000001+01:00", 1), ("2024-01-02T03:04:05-00:00", 0)],
+)
+def test_rfc3339_forms_the_node_accepts_are_accepted_at_send(text: str, ns: int) -> None:
+    node = FakeNode()
+    with producer(node) as p:
+        p.send({**event(0), "timestamp": text})
+        assert p.flush(10)
+    assert node.events[0]["timestamp"] == int(datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()) * 10**9 + ns
+
+
+@pytest.mark.parametrize(
     ("change", "field"),
     [
         ({"timestamp": None}, "timestamp"),
         ({"timestamp": 1.5}, "timestamp"),
         ({"timestamp": "yesterday"}, "timestamp"),
+        ({"timestamp": "2016-12-31T23:59:60Z"}, "timestamp"),
+        ({"timestamp": "2026-01-01T00:00:00+24:00"}, "timestamp"),
         ({"timestamp": datetime(2024, 1, 1)}, "timestamp"),
         ({"timestamp": 2**63}, "timestamp"),
         ({"value": 1.0}, "value"),
