@@ -61,3 +61,20 @@ fmt: sync
 # Benchmarks against DuckDB and chdb; figures go to bench/RESULTS.md.
 bench *ARGS: sync
     uv run python -m bench.run {{ARGS}}
+
+# Schemathesis against a fresh node's OpenAPI schema for SECONDS (default 300); any 5xx fails.
+fuzz SECONDS="300": sync
+    #!/usr/bin/env bash
+    set -euo pipefail
+    data=$(mktemp -d)
+    port=$(uv run python -c "from tests.support.process import free_port; print(free_port())")
+    uv run tributary serve --port "$port" --data "$data" --no-fsync --sql-timeout-s 5 --query-timeout-s 5 \
+        > "$data/node.log" 2>&1 &
+    server=$!
+    trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true; rm -rf "$data"' EXIT INT TERM
+    uv run st run "http://127.0.0.1:$port/schema/openapi.json" --wait-for-schema 60 \
+        --checks not_a_server_error --max-time {{SECONDS}} --workers 2
+
+# Ten minutes of ingest at half the measured maximum with queries running; RSS and latency to bench/SOAK.md.
+soak *ARGS: sync
+    uv run python -m bench.soak {{ARGS}}
