@@ -210,24 +210,31 @@ def approx_quantiles(rows: pa.Table, qs: Sequence[float], config: SketchConfig =
     }
 
 
-def collapse_sketches(rows: pa.Table, config: SketchConfig = SketchConfig()) -> pa.Table:
+def collapse_sketches(
+    rows: pa.Table, config: SketchConfig = SketchConfig(), columns: Sequence[str] = COLLAPSED_SCHEMA.names
+) -> pa.Table:
     """Merge all rows into one ``COLLAPSED_SCHEMA`` row of at most ``config.max_bytes()`` per
     sketch. For distinct and quantiles it answers as the rows themselves do, so a node ships
     this (a few kilobytes) instead of its rows and the coordinator answers from the nodes'
     rows concatenated. Its top-k bounds are looser (the shards are merged together): for top-k
     a node ships its ``approx_topk`` answer instead, combined with ``merge_topk``.
+
+    ``columns`` keeps only those of ``COLLAPSED_SCHEMA`` (``frequent`` and ``frequent_error``
+    go together), and ``rows`` need only what they are merged from: ``("n", "hll")`` is all a
+    distinct count ships, ``("n", "kll")`` all quantiles do.
     """
-    frequent, lost = _merge_frequent(rows, config)
-    return pa.table(
-        [
-            pa.array([_events(rows)], pa.int64()),
-            pa.array([_union_hll(rows, config).get_result(ds.tgt_hll_type.HLL_4).serialize_compact()]),
-            pa.array([frequent.serialize()]),
-            pa.array([frequent_error(frequent) + lost], pa.int64()),
-            pa.array([_merge_kll(rows, config).serialize()]),
-        ],
-        schema=COLLAPSED_SCHEMA,
-    )
+    wanted = set(columns)
+    merged: dict[str, pa.Array] = {"n": pa.array([_events(rows)], pa.int64())}
+    if "hll" in wanted:
+        merged["hll"] = pa.array([_union_hll(rows, config).get_result(ds.tgt_hll_type.HLL_4).serialize_compact()])
+    if wanted & {"frequent", "frequent_error"}:
+        frequent, lost = _merge_frequent(rows, config)
+        merged["frequent"] = pa.array([frequent.serialize()])
+        merged["frequent_error"] = pa.array([frequent_error(frequent) + lost], pa.int64())
+    if "kll" in wanted:
+        merged["kll"] = pa.array([_merge_kll(rows, config).serialize()])
+    fields = [f for f in COLLAPSED_SCHEMA if f.name in merged]
+    return pa.table([merged[f.name] for f in fields], schema=pa.schema(fields))
 
 
 def _blobs(rows: pa.Table, column: str) -> list[Any]:

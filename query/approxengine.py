@@ -194,20 +194,22 @@ class ApproxEngine:
     def distinct_partial(
         self, category: str, start: int, end: int, approx: bool, shards: Sequence[int] | None
     ) -> int | pa.Table:
-        """Exact: this node's distinct count over ``shards``. Approximate: its sketches
-        collapsed to one ``COLLAPSED_SCHEMA`` row (a few KB). Combine with ``merge_distinct``."""
+        """Exact: this node's distinct count over ``shards``. Approximate: its HLL sketches
+        collapsed to one row (``n``, ``hll``: at most a few KB). Combine with ``merge_distinct``."""
         if approx:
-            return collapse_sketches(self.sketch_rows(category, start, end, shards), self.config.sketch)
+            rows = self.sketch_rows(category, start, end, shards, _DISTINCT)
+            return collapse_sketches(rows, self.config.sketch, _DISTINCT)
         return self.distinct_exact(category, start, end, shards)
 
     def quantiles_partial(
         self, category: str, start: int, end: int, approx: bool, shards: Sequence[int] | None
     ) -> pa.Table:
         """Exact: a ``HISTOGRAM_SCHEMA`` table (one row per distinct value in range, so its size
-        grows with the values' cardinality). Approximate: one ``COLLAPSED_SCHEMA`` row.
-        Combine with ``merge_quantiles``."""
+        grows with the values' cardinality). Approximate: its KLL sketches collapsed to one row
+        (``n``, ``kll``: bounded by ``SketchConfig.max_bytes()``). Combine with ``merge_quantiles``."""
         if approx:
-            return collapse_sketches(self.sketch_rows(category, start, end, shards), self.config.sketch)
+            rows = self.sketch_rows(category, start, end, shards, _QUANTILES)
+            return collapse_sketches(rows, self.config.sketch, _QUANTILES)
         return self.histogram(category, start, end, shards)
 
     def topk_partial(self, category: str, start: int, end: int, k: int, shards: Sequence[int] | None) -> TopAnswer:

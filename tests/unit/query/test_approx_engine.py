@@ -15,7 +15,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.buffer import LiveBuffer, minute_rollup
 from query.approx import approx_topk, merge_topk
 from query.approxengine import (
     HISTOGRAM_SCHEMA,
@@ -28,14 +27,12 @@ from query.approxengine import (
     quantiles_of_histograms,
     to_wire,
 )
-from query.engine import Engine
 from query.errors import InvalidQuery, QueryError
-from storage.compaction import Compactor
-from storage.manifest import Manifest
-from storage.partition import PartitionStore
-from storage.schema import HOUR_NS, MINUTE_NS, STORED_SCHEMA, ShardHasher
+from storage.schema import HOUR_NS, MINUTE_NS
 from storage.sketch import SketchConfig, merge_sketch_tables
 from storage.sketchfile import SKETCH_KIND, SketchExtra, read_sketch_file
+from tests.eventgen import zipf_stored
+from tests.support.parts import Parts
 
 T0 = 1_795_737_600_000_000_000  # 2026-11-27T00:00:00Z
 HOURS = 6
@@ -46,59 +43,19 @@ QS = [0.0, 0.01, 0.25, 0.5, 0.9, 0.99, 1.0]
 
 
 def workload(seed: int, n: int, producers: int, batch: int) -> pa.Table:
-    """W20-like rows (STORED_SCHEMA): Zipf producers, skewed categories, log-normal values."""
-    rng = np.random.default_rng(seed)
-    weights = 1.0 / np.arange(1, producers + 1) ** 1.1
-    ids = rng.choice(producers, size=n, p=weights / weights.sum())
-    names = pa.array([f"p{i:06d}" for i in range(producers)]).take(pa.array(ids))
-    return pa.table(
-        {
-            "timestamp": pa.array(T0 + rng.integers(0, HOURS * HOUR_NS, n), pa.int64()),
-            "category": pa.array(["a", "b", "c"]).take(pa.array(rng.choice(3, n, p=[0.6, 0.3, 0.1]))),
-            "value": pa.array(rng.lognormal(8, 2, n).astype(np.int64) - 100, pa.int64()),
-            "producer_id": names,
-            "shard": ShardHasher(SHARDS)(names),
-            "batch_id": pa.array(batch + np.arange(n) // 1000, pa.int64()),
-        },
-        schema=STORED_SCHEMA,
-    )
+    """W20-like rows (STORED_SCHEMA) over HOURS hours from T0, batch ids from ``batch`` on."""
+    return zipf_stored(seed, n, producers, start=T0, hours=HOURS, shards=SHARDS, batch_rows=1000, first_batch=batch)
 
 
-class Node:
+class Node(Parts):
     """A node's storage without the write path: parts (with sketch files), buffer, engines."""
 
     def __init__(self, root: Path, sketches: bool = True) -> None:
-        self.root = root
-        self.manifest = Manifest(root)
-        self.buffer = LiveBuffer()
-        self.engine = Engine(root, self.manifest, self.buffer)
+        super().__init__(root, extras=[SketchExtra(CONFIG)] if sketches else [])
         self.approx = ApproxEngine(self.engine, ApproxConfig(sketch=CONFIG))
-        self.seq = 0
-        self.store = self._store(sketches)
-
-    def _store(self, sketches: bool) -> PartitionStore:
-        return PartitionStore(self.root, self.manifest, extras=[SketchExtra(CONFIG)] if sketches else [])
 
     def enable_sketches(self) -> None:
-        self.store.close()
-        self.store = self._store(True)
-
-    def to_buffer(self, rows: pa.Table) -> None:
-        self.seq += 1
-        self.buffer.append(rows, minute_rollup(rows), self.seq)
-
-    def persist(self) -> None:
-        g = self.buffer.freeze()
-        if g is not None:
-            parts = self.store.write(g.table())
-            self.buffer.release(g, lambda: self.manifest.commit(add=parts, wal_seq=g.last_seq))
-
-    def compact(self) -> int:
-        return Compactor(self.store, self.manifest).run_once(force=True)
-
-    def close(self) -> None:
-        self.engine.close()
-        self.store.close()
+        self.reopen_store([SketchExtra(CONFIG)])
 
 
 class Oracle:
@@ -273,6 +230,12 @@ def test_shard_partials_merge_to_the_whole(tmp_path: Path) -> None:
         histograms = [node.approx.quantiles_partial(c, s, e, False, h) for h in halves]
         assert merge_quantiles(histograms, QS, approx=False) == node.approx.quantiles(c, s, e, QS)
         collapsed = [node.approx.quantiles_partial(c, s, e, True, h) for h in halves]
+        # A node ships only the sketch the answer needs, within its size bound.
+        assert all(t.column_names == ["n", "hll"] and t.num_rows == 1 for t in sketches)
+        assert all(t.column_names == ["n", "kll"] and t.num_rows == 1 for t in collapsed)
+        limits = CONFIG.max_bytes()
+        assert all(len(t["hll"][0].as_py()) <= limits["hll"] for t in sketches)
+        assert all(len(t["kll"][0].as_py()) <= limits["kll"] for t in collapsed)
         assert merge_quantiles(collapsed, [0.5], approx=True, config=CONFIG)["n"] == len(oracle.values(c, s, e))
 
         # What a peer sends is JSON: every partial survives the trip unchanged.
