@@ -6,6 +6,7 @@ import random
 from collections.abc import Sequence
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from storage.schema import EVENT_SCHEMA, HOUR_NS, STORED_SCHEMA, ShardHasher
@@ -25,6 +26,37 @@ def random_events(
             "producer_id": [f"p{int(rng.paretovariate(1.1)) % producers}" for _ in range(n)],
         },
         schema=EVENT_SCHEMA,
+    )
+
+
+def zipf_stored(
+    seed: int,
+    n: int,
+    producers: int,
+    *,
+    start: int,
+    hours: int,
+    shards: int,
+    batch_rows: int,
+    first_batch: int = 0,
+) -> pa.Table:
+    """W20-like rows in STORED_SCHEMA, the same for the same arguments: Zipf(1.1) producer
+    popularity, categories a/b/c at 60/30/10 %, log-normal values, timestamps uniform over
+    ``hours`` hours from ``start``, a new batch id every ``batch_rows`` rows from ``first_batch``."""
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, producers + 1) ** 1.1
+    ids = rng.choice(producers, size=n, p=weights / weights.sum())
+    names = pa.array([f"p{i:06d}" for i in range(producers)]).take(pa.array(ids))
+    return pa.table(
+        {
+            "timestamp": pa.array(start + rng.integers(0, hours * HOUR_NS, n), pa.int64()),
+            "category": pa.array(["a", "b", "c"]).take(pa.array(rng.choice(3, n, p=[0.6, 0.3, 0.1]))),
+            "value": pa.array(rng.lognormal(8, 2, n).astype(np.int64) - 100, pa.int64()),
+            "producer_id": names,
+            "shard": ShardHasher(shards)(names),
+            "batch_id": pa.array(first_batch + np.arange(n) // batch_rows, pa.int64()),
+        },
+        schema=STORED_SCHEMA,
     )
 
 

@@ -21,6 +21,7 @@ from query.approx import (
 from query.errors import InvalidQuery, QueryError
 from storage.schema import HOUR_NS, STORED_SCHEMA, ShardHasher
 from storage.sketch import SketchConfig, build_sketches, merge_sketch_tables
+from tests.eventgen import zipf_stored
 
 T0 = 1_700_000_000_000_000_000 - 1_700_000_000_000_000_000 % HOUR_NS
 HOURS = 8
@@ -31,21 +32,7 @@ QS = (0.0, 0.01, 0.25, 0.5, 0.9, 0.99, 1.0)
 
 def workload(seed: int, n: int, producers: int, shards: int = 8) -> pa.Table:
     """Rows in STORED_SCHEMA: Zipf-like producers, three categories, HOURS hours."""
-    rng = np.random.default_rng(seed)
-    weights = 1.0 / np.arange(1, producers + 1) ** 1.1
-    ids = rng.choice(producers, size=n, p=weights / weights.sum())
-    names = pa.array([f"p{i:06d}" for i in range(producers)]).take(pa.array(ids))
-    return pa.table(
-        {
-            "timestamp": pa.array(T0 + rng.integers(0, HOURS * HOUR_NS, n), pa.int64()),
-            "category": pa.array(["a", "b", "c"]).take(pa.array(rng.choice(3, n, p=[0.6, 0.3, 0.1]))),
-            "value": pa.array(rng.lognormal(8, 2, n).astype(np.int64) - 100, pa.int64()),
-            "producer_id": names,
-            "shard": ShardHasher(shards)(names),
-            "batch_id": pa.array(np.arange(n) // 500, pa.int64()),
-        },
-        schema=STORED_SCHEMA,
-    )
+    return zipf_stored(seed, n, producers, start=T0, hours=HOURS, shards=shards, batch_rows=500)
 
 
 def stored_sketches(rows: pa.Table) -> pa.Table:

@@ -11,39 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.buffer import LiveBuffer, minute_rollup
-from query.engine import Engine
 from query.errors import InvalidQuery
 from storage.compaction import Compactor
-from storage.manifest import Manifest
-from storage.partition import PartitionStore
 from storage.schema import HOUR_NS, MINUTE_NS
 from tests.eventgen import T0, Oracle, random_events, random_range, stored
-
-
-class Parts:
-    """A node's storage without the write path: parts, buffer, engine."""
-
-    def __init__(self, root: Path) -> None:
-        self.manifest = Manifest(root)
-        self.store = PartitionStore(root, self.manifest)
-        self.buffer = LiveBuffer()
-        self.engine = Engine(root, self.manifest, self.buffer)
-        self.seq = 0
-
-    def to_buffer(self, rows: pa.Table) -> None:
-        self.seq += 1
-        self.buffer.append(rows, minute_rollup(rows), self.seq)
-
-    def persist(self) -> None:
-        g = self.buffer.freeze()
-        if g is not None:
-            parts = self.store.write(g.table())
-            self.buffer.release(g, lambda: self.manifest.commit(add=parts, wal_seq=g.last_seq))
-
-    def close(self) -> None:
-        self.engine.close()
-        self.store.close()
+from tests.support.parts import Parts
 
 
 def check(parts: Parts, oracle: Oracle, rng: random.Random, n: int = 40) -> None:
