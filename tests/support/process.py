@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO
 
 import httpx
 import pytest
@@ -192,7 +192,14 @@ def _kill_all() -> None:
         node.kill()
 
 
-class NodeFactory(Protocol):
+class NodeFactory:
+    """Makes nodes with data dirs under ``root/<name>``, started and ready unless ``start=False``;
+    ``close_all`` stops every one it made. The ``node_factory`` fixture is one per test."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.made: list[NodeProcess] = []
+
     def __call__(
         self,
         name: str = "n1",
@@ -202,34 +209,25 @@ class NodeFactory(Protocol):
         env: Mapping[str, str] | None = None,
         start: bool = True,
         ready_timeout: float = 30.0,
-    ) -> NodeProcess: ...
-
-
-@pytest.fixture
-def node_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[NodeFactory]:
-    """Make nodes with data dirs under ``tmp_path/<name>``, started and ready unless
-    ``start=False``. All are stopped when the test ends; log tails are printed if it failed."""
-    made: list[NodeProcess] = []
-    failed_before = request.session.testsfailed
-
-    def make(
-        name: str = "n1",
-        *,
-        port: int | None = None,
-        args: Sequence[str] = (),
-        env: Mapping[str, str] | None = None,
-        start: bool = True,
-        ready_timeout: float = 30.0,
     ) -> NodeProcess:
-        node = NodeProcess(tmp_path / name, port, args, env, name=name)
-        made.append(node)
+        node = NodeProcess(self.root / name, port, args, env, name=name)
+        self.made.append(node)
         if start:
             node.start().wait_ready(ready_timeout)
         return node
 
-    yield make
-    failed = request.session.testsfailed > failed_before
-    for node in made:
-        node.close()
-        if failed:
-            print(f"\n----- {node.name} ({node.url}) log tail -----\n{node.log_tail()}")
+    def close_all(self, *, print_logs: bool = False) -> None:
+        for node in self.made:
+            node.close()
+            if print_logs:
+                print(f"\n----- {node.name} ({node.url}) log tail -----\n{node.log_tail()}")
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[NodeFactory]:
+    """A ``NodeFactory`` under ``tmp_path``. All its nodes are stopped when the test ends; their
+    log tails are printed if it failed."""
+    failed_before = request.session.testsfailed
+    factory = NodeFactory(tmp_path)
+    yield factory
+    factory.close_all(print_logs=request.session.testsfailed > failed_before)
