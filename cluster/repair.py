@@ -15,7 +15,7 @@ confirmed, by such a sync under the current epoch, that it holds all of our batc
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -40,6 +40,7 @@ class SyncResult:
     slices_differing: int = 0
     pushed_rows: int = 0
     pulled_rows: int = 0
+    unconfirmed: set[int] = field(default_factory=set)  # shards the peer still lacks batches of
 
 
 @dataclass
@@ -78,8 +79,12 @@ class Repairer:
 
     # -- one peer -------------------------------------------------------------------------------
 
-    def sync(self, peer: str, shards: Sequence[int], *, pull: bool = False) -> SyncResult:
-        """Make ``peer`` hold every batch we hold of ``shards`` (and, with ``pull``, the reverse)."""
+    def sync(
+        self, peer: str, shards: Sequence[int], *, pull: bool = False, push: Collection[int] | None = None
+    ) -> SyncResult:
+        """Make ``peer`` hold every batch we hold of ``shards`` (and, with ``pull``, the reverse).
+        With ``push``, only those shards are shipped; the others are only compared, and the ones
+        the peer still lacks batches of are reported ``unconfirmed``."""
         res = SyncResult()
         if not shards:
             return res
@@ -101,10 +106,12 @@ class Repairer:
             return res
         their_ids = self.peers.batch_ids(peer, slices)
         my_ids = self.holdings.batch_ids(slices)
-        push = [(s, h, sorted(my_ids[(s, h)] - their_ids.get((s, h), set()))) for s, h in slices]
-        push = [x for x in push if x[2]]
-        if push:
-            res.pushed_rows = self._push(peer, push)
+        lacking = [(s, h, sorted(my_ids[(s, h)] - their_ids.get((s, h), set()))) for s, h in slices]
+        lacking = [x for x in lacking if x[2]]
+        ship = lacking if push is None else [x for x in lacking if x[0] in push]
+        res.unconfirmed = {x[0] for x in lacking} - {x[0] for x in ship}
+        if ship:
+            res.pushed_rows = self._push(peer, ship)
         if pull:
             want = [(s, h, sorted(their_ids.get((s, h), set()) - my_ids[(s, h)])) for s, h in slices]
             want = [x for x in want if x[2]]
@@ -155,7 +162,7 @@ class Repairer:
             if not self.detector.is_up(peer):
                 continue
             try:
-                results[peer] = self.sync(peer, shards, pull=pull)
+                results[peer] = res = self.sync(peer, shards, pull=pull, push=self._ours_to_ship(cmap, peer, shards))
             except PeerError as e:
                 if e.status == 0:
                     self.detector.suspect(peer)
@@ -163,9 +170,22 @@ class Repairer:
                 continue
             with self._lock:
                 if conf is self._conf:
-                    conf.done.setdefault(peer, set()).update(shards)
+                    conf.done.setdefault(peer, set()).update(set(shards) - res.unconfirmed)
         self._evict_given_away(cmap)
         return results
+
+    def _ours_to_ship(self, cmap: ClusterMap, peer: str, shards: Sequence[int]) -> set[int]:
+        """Shards we ship to ``peer`` ourselves. To a co-replica: all (anti-entropy). To a new
+        owner: only where we lead the shard (first up replica before the change) or are no
+        longer an owner, so its old replicas do not all ship it the same rows at once; the
+        others only compare, and confirm once the leader's shipment has landed."""
+        out = set()
+        for s in shards:
+            readers = cmap.read_replicas(s)
+            lead = next((n for n in readers if self.detector.is_up(n)), None)
+            if peer in readers or self.me not in readers or lead in (None, self.me):
+                out.add(s)
+        return out
 
     def pending(self) -> int:
         """Shards we hold whose final owners have not all confirmed them under this epoch."""
