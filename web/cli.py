@@ -78,6 +78,9 @@ def serve(
     sql_timeout_s: Annotated[float, _opt("Time limit of a SQL query, s.", "SQL_TIMEOUT_S")] = 10.0,
     sql_memory_limit: Annotated[str, _opt("Memory limit of a SQL query.", "SQL_MEMORY_LIMIT")] = "512MB",
     sql_max_rows: Annotated[int, _opt("Rows returned by a JSON SQL answer.", "SQL_MAX_ROWS")] = 10_000,
+    sql_max_export_rows: Annotated[
+        int, _opt("Rows streamed by a SQL answer in a file format (csv, arrow, parquet).", "SQL_MAX_EXPORT_ROWS")
+    ] = 10_000_000,
     max_concurrent_sql: Annotated[int, _opt("SQL queries running at once; beyond, 503.", "MAX_CONCURRENT_SQL")] = 4,
     sketches: Annotated[bool, _opt("Build sketch files beside parts, for approx=true answers.", "SKETCHES")] = True,
     sketch_hll_lg_k: Annotated[

@@ -58,6 +58,7 @@ class Settings:
     sql_timeout_s: float = 10.0
     sql_memory_limit: str = "512MB"
     sql_max_rows: int = 10_000
+    sql_max_export_rows: int = 10_000_000
     max_concurrent_sql: int = 4
     log_format: str = "auto"  # auto | json | console
     tokens_file: str = ""  # TOKEN scope[,scope] per line; see web/auth.py
@@ -113,7 +114,10 @@ class Settings:
             ),
             engine=EngineConfig(timeout_s=self.query_timeout_s, max_k=self.topk_max_k),
             sandbox=SandboxConfig(
-                timeout_s=self.sql_timeout_s, memory_limit=self.sql_memory_limit, max_rows=self.sql_max_rows
+                timeout_s=self.sql_timeout_s,
+                memory_limit=self.sql_memory_limit,
+                max_rows=self.sql_max_rows,
+                max_export_rows=self.sql_max_export_rows,
             ),
             retention=RetentionConfig(
                 max_age_ns=int(self.retention_s * SECOND_NS) if self.retention_s > 0 else None,
