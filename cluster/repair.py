@@ -32,7 +32,7 @@ __all__ = ["Repairer", "SyncResult"]
 
 log = structlog.get_logger("tributary.repair")
 
-_SHIP_SLICES = 64  # (shard, hour, batches) slices per shipment: bounded memory on both ends
+_SHIP_SLICES = 256  # (shard, hour, batches) slices per shipment: bounded memory on both ends
 
 
 @dataclass
