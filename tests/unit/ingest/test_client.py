@@ -351,7 +351,7 @@ def test_batches_close_on_bytes() -> None:
 def test_encodings_carry_the_events_exactly(fmt: str) -> None:
     node = FakeNode()
     events = [event(i, category=f"cat-{i % 3}-é") for i in range(50)] + [
-        {"timestamp": -(2**63), "category": "min", "value": -(2**63), "producer_id": "x"},
+        {"timestamp": 0, "category": "min", "value": -(2**63), "producer_id": "x"},
         {"timestamp": 2**63 - 1, "category": "max", "value": 2**63 - 1, "producer_id": "y" * 256},
     ]
     with producer(node, format=fmt, compress_min_bytes=1 << 30) as p:
@@ -576,3 +576,21 @@ def test_a_full_spool_falls_back_to_memory(tmp_path: Path) -> None:
         node.down = False
         assert p.flush(10)
     assert len(node.events) == 10
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"timestamp": -1, "category": "c", "value": 1, "producer_id": "p"},
+        {"timestamp": 1, "category": "c\x00x", "value": 1, "producer_id": "p"},
+        {"timestamp": 1, "category": "c", "value": 1, "producer_id": "p\x00"},
+    ],
+)
+def test_client_refuses_what_the_node_refuses(event: dict[str, object]) -> None:
+    """One such event would otherwise get its whole batch refused by the node (422)."""
+    from ingest.outbox import InvalidEvent, check_event, conform
+
+    with pytest.raises(InvalidEvent):
+        check_event(event)
+    with pytest.raises(InvalidEvent):
+        conform(pa.Table.from_pylist([event], schema=EVENT_SCHEMA))
