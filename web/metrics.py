@@ -4,8 +4,8 @@ Two sources, one registry per app (so several apps in one process never collide)
 
 - ``NodeCollector`` reads, at scrape time, the plain counters the lower layers keep as
   attributes (WAL fsyncs and their seconds, persists, compactions, retention, buffer size,
-  parts) and the cluster figures of ``node.stats()`` when present (``hints_pending``,
-  ``repairs_total``, ``peers_up``, ``peers_total``). Nothing below ``web/`` imports
+  parts), the cluster figures of ``node.stats()`` when present (``CLUSTER_STATS``) and the
+  peers up from the node's failure detector. Nothing below ``web/`` imports
   prometheus-client; a figure a node does not have is simply not exported.
 - ``MetricsMiddleware`` measures in ``web/``: request counts and latency by route, query
   latency by kind, and for ``POST /v1/events`` the events and bytes accepted by format and the
@@ -78,13 +78,13 @@ _MAX_CAPTURE = 4096  # answers of /v1/events are tiny; never buffer more than th
 
 # node.stats() keys exported when a node has them (the cluster layer adds them): key -> (name, kind, help)
 CLUSTER_STATS: dict[str, tuple[str, str, str]] = {
-    "hints_pending": ("tributary_hints_pending", "gauge", "Hinted writes waiting for their replica."),
-    "hints_replayed_total": ("tributary_hints_replayed", "counter", "Hinted writes replayed to their replica."),
-    "repairs_total": ("tributary_repairs", "counter", "Anti-entropy repairs that shipped rows."),
-    "repaired_rows_total": ("tributary_repaired_rows", "counter", "Rows shipped by anti-entropy repair."),
-    "peers_up": ("tributary_peers_up", "gauge", "Peers answering health probes (this node excluded)."),
-    "peers_total": ("tributary_peers", "gauge", "Peers in the cluster map (this node excluded)."),
+    "hints_waiting": ("tributary_hints_pending", "gauge", "Hinted writes waiting for their replica to return."),
+    "hints_replayed": ("tributary_hints_replayed", "counter", "Hinted writes replayed to their replica."),
+    "repair_shipped_rows": ("tributary_repair_shipped_rows", "counter", "Rows anti-entropy repair sent to peers."),
+    "repair_fetched_rows": ("tributary_repair_fetched_rows", "counter", "Rows anti-entropy repair took from peers."),
+    "evicted_shards": ("tributary_evicted_shards", "counter", "Shards dropped after moving to other nodes."),
     "epoch": ("tributary_cluster_epoch", "gauge", "Epoch of the cluster map this node holds."),
+    "serving": ("tributary_serving", "gauge", "1 while this node serves reads, else 0."),
 }
 
 
@@ -141,9 +141,25 @@ class NodeCollector(Collector):
         stats = self._stats()
         for key, (name, kind, doc) in CLUSTER_STATS.items():
             value = stats.get(key)
-            if isinstance(value, int | float) and not isinstance(value, bool):
+            if isinstance(value, int | float):  # bools too: 1 / 0
                 family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
                 yield family(name, doc, value=float(value))
+        peers = self._peers()
+        if peers is not None:
+            yield GaugeMetricFamily("tributary_peers_up", "Peers answering health probes.", value=peers[0])
+            yield GaugeMetricFamily("tributary_peers", "Peers this node probes (itself excluded).", value=peers[1])
+
+    def _peers(self) -> tuple[int, int] | None:
+        """(up, known) peers from the node's failure detector, when it has one."""
+        detector = getattr(self.node, "detector", None)
+        snapshot = getattr(detector, "snapshot", None)
+        if snapshot is None:
+            return None
+        try:
+            health = {n: h for n, h in snapshot().items() if n != getattr(detector, "me", None)}
+        except Exception:  # a scrape must not fail because one figure could not be read
+            return None
+        return sum(1 for h in health.values() if getattr(h, "up", False)), len(health)
 
     def _stats(self) -> dict[str, Any]:
         stats = getattr(self.node, "stats", None)

@@ -99,11 +99,25 @@ def test_names_follow_the_prometheus_conventions(node: Node) -> None:
     assert "process_resident_memory_bytes" in {s.name for f in families for s in f.samples}
 
 
+class _Health:
+    def __init__(self, up: bool) -> None:
+        self.up = up
+
+
+class _Detector:
+    me = "n1"
+
+    def snapshot(self) -> dict[str, _Health]:
+        return {"n1": _Health(True), "n2": _Health(True), "n3": _Health(False)}
+
+
 class _ClusterLike:
     """The figures a cluster node adds to stats(); the collector exports whichever exist."""
 
+    detector = _Detector()
+
     def stats(self) -> dict[str, object]:
-        return {"hints_pending": 7, "repairs_total": 3, "peers_up": 2, "peers_total": 3, "node_id": "n1"}
+        return {"hints_waiting": 7, "repair_shipped_rows": 3, "epoch": 4, "serving": True, "node_id": "n1"}
 
 
 class _Broken:
@@ -114,10 +128,13 @@ class _Broken:
 def test_cluster_figures_from_stats_are_exported_when_present() -> None:
     text = Metrics(_ClusterLike(), process=False).render().decode()
     assert _value(text, "tributary_hints_pending") == 7
-    assert _value(text, "tributary_repairs_total") == 3
-    assert _value(text, "tributary_peers_up") == 2
-    assert _value(text, "tributary_peers") == 3
+    assert _value(text, "tributary_repair_shipped_rows_total") == 3
+    assert _value(text, "tributary_cluster_epoch") == 4
+    assert _value(text, "tributary_serving") == 1
+    assert _value(text, "tributary_peers_up") == 1, "n2 up, n3 down, n1 is this node"
+    assert _value(text, "tributary_peers") == 2
     assert "tributary_stored_events_total" not in text, "a figure the node lacks is left out"
+    assert "tributary_hints_replayed_total" not in text
 
 
 def test_a_failing_stats_call_does_not_fail_the_scrape() -> None:
