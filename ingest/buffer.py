@@ -1,65 +1,52 @@
 """The live buffer: acknowledged rows not yet persisted as Parquet, queryable at once.
 
-Rows sit in memory as Arrow record batches beside a per-(category, shard, minute) rollup that is
-kept up to date on every append, so whole minutes of live data are answered without scanning
-rows. The buffer is frozen and replaced when it is persisted; a query takes a ``BufferView`` of
-the active and all frozen-but-not-yet-committed generations under one lock, so every row is seen
-exactly once whether it is in memory or already in a committed part.
+Rows sit in memory as ``Run``s (see ``ingest/run.py``): the rows of each WAL record with a
+(category, timestamp) index built before the record was appended, so count, sum and the
+producers of any range of live data are answered by binary searches, never by a scan or a
+DuckDB query. The buffer is frozen and replaced when it is persisted; a query takes a
+``BufferView`` of the active and all frozen-but-not-yet-committed generations under one lock, so
+every row is seen exactly once whether it is in memory or already in a committed part.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
 
-import duckdb
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 
-from storage.rollup import MERGE_MINUTE_SQL, MINUTE_ROLLUP_SQL
+from ingest.run import Run
+from storage.rollup import MINUTE_ROLLUP_SCHEMA, merge_rollups
+from storage.rollup import minute_rollup as _minute_rollup
 from storage.schema import STORED_SCHEMA
 
-__all__ = ["MINUTE_ROLLUP_SCHEMA", "BufferView", "Generation", "LiveBuffer", "minute_rollup"]
+__all__ = ["MINUTE_ROLLUP_SCHEMA", "BufferView", "Generation", "LiveBuffer", "Run", "minute_rollup"]
 
-MINUTE_ROLLUP_SCHEMA = pa.schema(
-    [
-        ("category", pa.string()),
-        ("shard", pa.uint16()),
-        ("minute", pa.int64()),
-        ("count", pa.int64()),
-        ("sum", pa.decimal128(38, 0)),
-    ]
-)
-
-_rollup_con = threading.local()
-
-
-def _con() -> duckdb.DuckDBPyConnection:
-    con = getattr(_rollup_con, "con", None)
-    if con is None:
-        con = duckdb.connect(config={"threads": 1})
-        _rollup_con.con = con
-    return con
+# Runs below this many rows are "small"; once ``_SMALL_RUNS_FOLD`` of them trail a generation
+# they are folded into one, so a stream of tiny batches does not leave thousands of runs for
+# every query to visit.
+_SMALL_RUN_ROWS = 16_384
+_SMALL_RUNS_FOLD = 16
 
 
 def minute_rollup(rows: pa.Table, *, merge: bool = False) -> pa.Table:
     """Minute rollup of STORED_SCHEMA rows (or, with ``merge``, re-aggregation of rollup rows)."""
-    con = _con()
-    con.register("rollup_src", rows)
-    try:
-        sql = (MERGE_MINUTE_SQL if merge else MINUTE_ROLLUP_SQL).format(src="rollup_src")
-        return con.sql(sql).to_arrow_table().cast(MINUTE_ROLLUP_SCHEMA)
-    finally:
-        con.unregister("rollup_src")
+    if merge:
+        return merge_rollups([rows], MINUTE_ROLLUP_SCHEMA)
+    return _minute_rollup(rows.select(STORED_SCHEMA.names))
 
 
 @dataclass
 class Generation:
     """One generation of the buffer: what was appended between two freezes."""
 
-    batches: list[pa.RecordBatch] = field(default_factory=list)
-    rollups: list[pa.Table] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
     rows: int = 0
     nbytes: int = 0
     first_seq: int = 0
@@ -68,48 +55,106 @@ class Generation:
     records: list[object] = field(default_factory=list)  # per-record context (idempotency keys)
 
     def table(self) -> pa.Table:
-        return pa.Table.from_batches(self.batches, STORED_SCHEMA)
+        return _concat([r.rows for r in self.runs])
+
+
+def _concat(tables: Sequence[pa.Table]) -> pa.Table:
+    return pa.concat_tables(tables) if tables else STORED_SCHEMA.empty_table()
+
+
+def _shard_array(shards: Sequence[int] | None) -> npt.NDArray[Any] | None:
+    return None if shards is None else np.array(sorted(set(shards)), dtype=np.int64)
 
 
 @dataclass(frozen=True)
 class BufferView:
     """An immutable picture of the buffer for one query."""
 
-    rows: pa.Table
-    rollup: pa.Table
+    runs: tuple[Run, ...]
 
     @property
     def empty(self) -> bool:
-        return self.rows.num_rows == 0
+        return all(r.num_rows == 0 for r in self.runs)
+
+    @cached_property
+    def rows(self) -> pa.Table:
+        """Every buffered row, one chunk per run (zero-copy)."""
+        return _concat([r.rows for r in self.runs])
+
+    @cached_property
+    def rollup(self) -> pa.Table:
+        """The minute rollup of the buffered rows, built on first use (SQL views only: the
+        engine answers from the runs' indexes)."""
+        return _minute_rollup(self.rows) if self.runs else MINUTE_ROLLUP_SCHEMA.empty_table()
+
+    def aggregate(self, category: str, start: int, end: int, shards: Sequence[int] | None = None) -> tuple[int, int]:
+        """Exact (count, sum) of buffered rows of ``category`` in ``[start, end)``."""
+        wanted = _shard_array(shards)
+        count = total = 0
+        for run in self.runs:
+            c, s = run.aggregate(category, start, end, wanted)
+            count += c
+            total += s
+        return count, total
+
+    def producer_counts(self, category: str, start: int, end: int, shards: Sequence[int] | None = None) -> pa.Table:
+        """``(producer_id, count)`` of buffered rows of ``category`` in ``[start, end)``."""
+        wanted = _shard_array(shards)
+        ids = [run.producer_ids(category, start, end, wanted) for run in self.runs]
+        ids = [a for a in ids if len(a)]
+        if not ids:
+            return pa.table({"producer_id": pa.array([], pa.string()), "count": pa.array([], pa.int64())})
+        counts = pa.chunked_array(ids).value_counts()
+        return pa.table({"producer_id": counts.field("values"), "count": counts.field("counts")})
 
 
 class LiveBuffer:
     """Active generation plus frozen generations waiting for their Parquet parts to commit."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, rollup_fanin: int = 32) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._clock = clock
         self._active = Generation(created=clock())
         self._frozen: list[Generation] = []
-        self._fanin = rollup_fanin
 
-    def append(self, rows: pa.Table, rollup: pa.Table, seq: int, record: object = None) -> None:
-        """Add durable rows (STORED_SCHEMA) with their precomputed minute rollup."""
-        batches = rows.to_batches()
+    def append(self, rows: pa.Table, run: Run | pa.Table | None, seq: int, record: object = None) -> None:
+        """Add durable rows (STORED_SCHEMA) with their index (``Run.build(rows)``; built here
+        when None; a table in its place, the minute rollup older callers passed, is ignored)."""
+        if not isinstance(run, Run):
+            run = Run.build(rows.select(STORED_SCHEMA.names))
         with self._lock:
             g = self._active
-            if not g.batches:
+            if not g.runs:
                 g.first_seq = seq
                 g.created = self._clock()
-            g.batches.extend(batches)
-            g.rollups.append(rollup)
-            g.rows += rows.num_rows
-            g.nbytes += rows.nbytes
+            g.runs.append(run)
+            g.rows += run.num_rows
+            g.nbytes += run.nbytes
             g.last_seq = seq
             if record is not None:
                 g.records.append(record)
-            if len(g.rollups) >= self._fanin:
-                g.rollups = [minute_rollup(pa.concat_tables(g.rollups), merge=True)]
+            small = self._trailing_small(g)
+        if small:
+            self._fold(g, small)
+
+    @staticmethod
+    def _trailing_small(g: Generation) -> list[Run]:
+        small: list[Run] = []
+        for run in reversed(g.runs):
+            if run.num_rows >= _SMALL_RUN_ROWS:
+                break
+            small.append(run)
+        return small[::-1] if len(small) >= _SMALL_RUNS_FOLD else []
+
+    def _fold(self, g: Generation, small: list[Run]) -> None:
+        """Replace the trailing small runs of ``g`` by one run of the same rows. Built outside
+        the lock; only the WAL writer appends, so those runs are still ``g``'s last ones (a
+        freeze in between moves ``g`` as a whole and keeps its rows the same)."""
+        merged = Run.merge(small)
+        with self._lock:
+            if g.runs[-len(small) :] == small:
+                g.runs[-len(small) :] = [merged]
+                g.nbytes += merged.nbytes - sum(r.nbytes for r in small)
 
     @property
     def active_bytes(self) -> int:
@@ -127,13 +172,13 @@ class LiveBuffer:
 
     def active_age(self) -> float:
         g = self._active
-        return self._clock() - g.created if g.batches else 0.0
+        return self._clock() - g.created if g.runs else 0.0
 
     def freeze(self) -> Generation | None:
         """Close the active generation for persisting; returns None when it is empty."""
         with self._lock:
             g = self._active
-            if not g.batches:
+            if not g.runs:
                 return None
             self._frozen.append(g)
             self._active = Generation(created=self._clock())
@@ -151,13 +196,9 @@ class LiveBuffer:
             self._frozen.remove(g)
 
     def view(self, pin: Callable[[], object] | None = None) -> tuple[BufferView, object]:
-        """The buffer as one table plus its rollup; ``pin`` runs under the same lock (it pins
-        the manifest state that matches this view)."""
+        """The buffer's runs; ``pin`` runs under the same lock (it pins the manifest state that
+        matches this view)."""
         with self._lock:
-            gens = [*self._frozen, self._active]
-            batches = [b for g in gens for b in g.batches]
-            rollups = [r for g in gens for r in g.rollups]
+            runs = tuple(r for g in (*self._frozen, self._active) for r in g.runs)
             pinned = pin() if pin is not None else None
-        rows = pa.Table.from_batches(batches, STORED_SCHEMA)
-        rollup = pa.concat_tables(rollups) if rollups else MINUTE_ROLLUP_SCHEMA.empty_table()
-        return BufferView(rows, rollup), pinned
+        return BufferView(runs), pinned

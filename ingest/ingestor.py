@@ -15,13 +15,15 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import pyarrow as pa
 import xxhash
 
-from ingest.buffer import LiveBuffer, minute_rollup
+from ingest.buffer import LiveBuffer
 from ingest.errors import Overloaded
 from ingest.idempotency import IdempotencyIndex, KeyRecord
+from ingest.run import Run
 from ingest.wal import Wal
 from storage.schema import STORED_SCHEMA, ShardHasher
 
@@ -72,7 +74,7 @@ def decode_record(payload: bytes) -> tuple[pa.Table, dict[str, object]]:
 def key_record(meta: dict[str, object]) -> KeyRecord | None:
     if not meta.get("k"):
         return None
-    return KeyRecord(str(meta["k"]), int(meta["f"]), int(meta["n"]), float(meta["t"]))  # type: ignore[arg-type]
+    return KeyRecord(str(meta["k"]), int(meta["f"]), int(meta["n"]), float(meta["t"]))  # type: ignore[call-overload, arg-type]
 
 
 class Ingestor:
@@ -96,8 +98,8 @@ class Ingestor:
 
     # Called by the WAL writer thread, in sequence order, once a record is fsynced.
     def on_durable(self, seq: int, ctx: object) -> None:
-        rows, rollup, rec = ctx  # type: ignore[misc]
-        self.buffer.append(rows, rollup, seq, rec)
+        rows, run, rec = cast(tuple[pa.Table, Run, KeyRecord | None], ctx)
+        self.buffer.append(rows, run, seq, rec)
         self.events_total += rows.num_rows
         self.batches_total += 1
         if rec is not None:
@@ -129,13 +131,13 @@ class Ingestor:
                 rows = events.select(STORED_SCHEMA.names).cast(STORED_SCHEMA)
             else:
                 rows = self.stored_rows(events, batch_id_for(key) if batch_id is None else batch_id)
-            rollup = minute_rollup(rows)
+            run = Run.build(rows)  # the buffer's index, built here on the request thread
             meta: dict[str, object] = {"n": rows.num_rows, "t": self._clock()}
             rec = None
             if key is not None:
                 meta.update(k=key, f=fingerprint)
                 rec = KeyRecord(key, fingerprint, rows.num_rows, float(meta["t"]))  # type: ignore[arg-type]
-            seq = self.wal.append(encode_record(rows, meta), (rows, rollup, rec)).result(
+            seq = self.wal.append(encode_record(rows, meta), (rows, run, rec)).result(
                 timeout=self.config.durable_timeout_s
             )
         except BaseException:
@@ -149,6 +151,6 @@ class Ingestor:
         n = 0
         for rec in self.wal.replay(after_seq):
             rows, meta = decode_record(rec.payload)
-            self.on_durable(rec.seq, (rows, minute_rollup(rows), key_record(meta)))
+            self.on_durable(rec.seq, (rows, Run.build(rows), key_record(meta)))
             n += rows.num_rows
         return n

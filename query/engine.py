@@ -18,6 +18,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ingest.buffer import MINUTE_ROLLUP_SCHEMA, BufferView, LiveBuffer
 from query.errors import InvalidQuery, QueryTimeout
@@ -80,12 +81,19 @@ def _shard_clause(shards: Sequence[int] | None) -> str:
     return f" AND shard IN ({', '.join(str(int(s)) for s in sorted(shards))})"
 
 
+def _top(counts: pa.Table, k: int) -> list[TopEntry]:
+    """The first ``k`` of ``(producer_id, count)`` rows by count desc, then producer_id asc."""
+    if counts.num_rows == 0:
+        return []
+    order = pc.sort_indices(counts, [("count", "descending"), ("producer_id", "ascending")])
+    top = counts.take(order[:k])
+    return [TopEntry(p, c) for p, c in zip(top["producer_id"].to_pylist(), top["count"].to_pylist(), strict=True)]
+
+
 class Engine:
     """Exact count / sum / top-k over one node's data (all shards, or a given subset)."""
 
-    def __init__(
-        self, root: Path, manifest: Manifest, buffer: LiveBuffer, config: EngineConfig | None = None
-    ) -> None:
+    def __init__(self, root: Path, manifest: Manifest, buffer: LiveBuffer, config: EngineConfig | None = None) -> None:
         self.root = root
         self.manifest = manifest
         self.buffer = buffer
@@ -110,10 +118,12 @@ class Engine:
             view, state = self.buffer.view(pin=lambda: stack.enter_context(self.manifest.pin()))
             yield Snapshot(self.root, state, view)  # type: ignore[arg-type]
 
-    def _run(self, sql: str, params: dict[str, object], snap: Snapshot) -> list[tuple[object, ...]]:
+    def _run(
+        self, sql: str, params: dict[str, object], tables: dict[str, pa.Table] | None = None
+    ) -> list[tuple[object, ...]]:
         cur = self._db.cursor()
-        cur.register("buf_rows", snap.buffer.rows)
-        cur.register("buf_rollup", snap.buffer.rollup)
+        for name, table in (tables or {}).items():
+            cur.register(name, table)
         timer = threading.Timer(self.config.timeout_s, cur.interrupt)
         timer.start()
         try:
@@ -126,18 +136,20 @@ class Engine:
 
     # -- count and sum ---------------------------------------------------------------------------
 
-    def aggregate(
-        self, category: str, start: int, end: int, shards: Sequence[int] | None = None
-    ) -> Aggregate:
+    def aggregate(self, category: str, start: int, end: int, shards: Sequence[int] | None = None) -> Aggregate:
         """Exact count and sum of ``value`` for ``category`` over ``[start, end)``."""
         if start >= end:
             return Aggregate(0, 0)
         with self.snapshot() as snap:
+            count, total = snap.buffer.aggregate(category, start, end, shards)
             sql = self.aggregate_sql(snap, start, end, shards)
-            ((count, total),) = self._run(sql, {"cat": category}, snap)
-        return Aggregate(int(count), int(total))
+            if sql is not None:
+                ((c, s),) = self._run(sql, {"cat": category})
+                count, total = count + int(c), total + int(s)  # type: ignore[call-overload]
+        return Aggregate(count, total)
 
-    def aggregate_sql(self, snap: Snapshot, start: int, end: int, shards: Sequence[int] | None) -> str:
+    def aggregate_sql(self, snap: Snapshot, start: int, end: int, shards: Sequence[int] | None) -> str | None:
+        """One statement answering the committed parts' share (None when no part overlaps)."""
         sc = _shard_clause(shards)
         m1, m2 = ceil_to(start, MINUTE_NS), floor_to(end, MINUTE_NS)
         pieces = []
@@ -146,12 +158,8 @@ class Engine:
             files = snap.files("rollup_minute", m1, m2)
             if files:
                 pieces.append(
-                    f"SELECT sum(count) AS c, sum(sum)::DECIMAL(38,0) AS s "
-                    f"FROM {_parquet(files)} WHERE {where}"
+                    f"SELECT sum(count) AS c, sum(sum)::DECIMAL(38,0) AS s FROM {_parquet(files)} WHERE {where}"
                 )
-            pieces.append(
-                f"SELECT sum(count) AS c, sum(sum)::DECIMAL(38,0) AS s FROM buf_rollup WHERE {where}"
-            )
             edges = [(start, m1), (m2, end)]
         else:
             edges = [(start, end)]
@@ -162,29 +170,32 @@ class Engine:
             files = sorted({f for a, b in edges for f in snap.files("events", a, b)})
             if files:
                 pieces.append(
-                    f"SELECT count(*) AS c, sum(value)::DECIMAL(38,0) AS s "
-                    f"FROM {_parquet(files)} WHERE {where}"
+                    f"SELECT count(*) AS c, sum(value)::DECIMAL(38,0) AS s FROM {_parquet(files)} WHERE {where}"
                 )
-            pieces.append(f"SELECT count(*) AS c, sum(value)::DECIMAL(38,0) AS s FROM buf_rows WHERE {where}")
+        if not pieces:
+            return None
         union = " UNION ALL ".join(pieces)
         return f"SELECT coalesce(sum(c), 0)::BIGINT, coalesce(sum(s), 0)::DECIMAL(38,0) FROM ({union})"
 
     # -- top-k -----------------------------------------------------------------------------------
 
-    def topk(
-        self, category: str, start: int, end: int, k: int, shards: Sequence[int] | None = None
-    ) -> list[TopEntry]:
+    def topk(self, category: str, start: int, end: int, k: int, shards: Sequence[int] | None = None) -> list[TopEntry]:
         """The ``k`` producers with the most events, by count desc then producer_id asc."""
         if k <= 0 or k > self.config.max_k:
             raise InvalidQuery(f"k must be between 1 and {self.config.max_k}")
         if start >= end:
             return []
         with self.snapshot() as snap:
+            buffered = snap.buffer.producer_counts(category, start, end, shards)
             sql = self.topk_sql(snap, start, end, shards)
-            rows = self._run(sql, {"cat": category, "k": k}, snap)
-        return [TopEntry(str(p), int(c)) for p, c in rows]
+            if sql is None:
+                return _top(buffered, k)
+            rows = self._run(sql, {"cat": category, "k": k}, {"buf_top": buffered})
+        return [TopEntry(str(p), int(c)) for p, c in rows]  # type: ignore[call-overload]
 
-    def topk_sql(self, snap: Snapshot, start: int, end: int, shards: Sequence[int] | None) -> str:
+    def topk_sql(self, snap: Snapshot, start: int, end: int, shards: Sequence[int] | None) -> str | None:
+        """One statement over the committed parts plus ``buf_top(producer_id, count)``, the
+        buffer's counts (None when no part overlaps)."""
         sc = _shard_clause(shards)
         h1, h2 = ceil_to(start, HOUR_NS), floor_to(end, HOUR_NS)
         pieces = []
@@ -204,14 +215,11 @@ class Engine:
             files = sorted({f for a, b in edges for f in snap.files("events", a, b)})
             if files:
                 pieces.append(
-                    f"SELECT producer_id, 1 AS c FROM {_parquet(files)} "
-                    f"WHERE category = $cat AND ({cond}){sc}"
+                    f"SELECT producer_id, 1 AS c FROM {_parquet(files)} WHERE category = $cat AND ({cond}){sc}"
                 )
-        # the buffer has no producer rollup: all its rows in range count
-        pieces.append(
-            f"SELECT producer_id, 1 AS c FROM buf_rows "
-            f"WHERE category = $cat AND timestamp >= {start} AND timestamp < {end}{sc}"
-        )
+        if not pieces:
+            return None
+        pieces.append("SELECT producer_id, count AS c FROM buf_top")
         union = " UNION ALL ".join(pieces)
         return (
             f"SELECT producer_id, sum(c)::BIGINT AS n FROM ({union}) GROUP BY producer_id "
@@ -242,15 +250,11 @@ class Engine:
 
         return define
 
-    def export(
-        self, category: str | None, start: int, end: int, batch_rows: int = 65_536
-    ) -> Iterator[pa.RecordBatch]:
+    def export(self, category: str | None, start: int, end: int, batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
         """Stream the raw rows of ``[start, end)`` (one category or all), in batches."""
         with self.snapshot() as snap:
             files = snap.files("events", start, end)
-            cond = f"timestamp >= {start} AND timestamp < {end}" + (
-                " AND category = $cat" if category else ""
-            )
+            cond = f"timestamp >= {start} AND timestamp < {end}" + (" AND category = $cat" if category else "")
             cols = "timestamp, category, value, producer_id"
             pieces = [f"SELECT {cols} FROM {_parquet(files)} WHERE {cond}"] if files else []
             pieces.append(f"SELECT {cols} FROM buf_rows WHERE {cond}")

@@ -29,6 +29,7 @@ __all__ = [
     "PRODUCER_ROLLUP_SCHEMA",
     "PRODUCER_ROLLUP_SQL",
     "SUM_TYPE",
+    "exact_sum",
     "int64_sums_are_exact",
     "merge_rollups",
     "minute_rollup",
@@ -93,6 +94,17 @@ _INT64_SAFE = float(1 << 62)  # margin below 2**63 for the float estimate of sum
 def int64_sums_are_exact(values: npt.NDArray[Any]) -> bool:
     """True when no sum of any subset of ``values`` (int64) can overflow int64."""
     return bool(np.abs(values.astype(np.float64)).sum() < _INT64_SAFE)
+
+
+def exact_sum(values: npt.NDArray[Any]) -> int:
+    """The exact sum of int64 ``values`` as a Python int, whatever their size."""
+    if int64_sums_are_exact(values):
+        return int(values.sum())
+    # Split each value into a signed high and an unsigned low 32-bit half: neither half-sum
+    # can overflow int64 below 2**31 values, and the halves recombine exactly in Python.
+    high = int((values >> np.int64(32)).sum())
+    low = int((values & np.int64(0xFFFFFFFF)).sum())
+    return (high << 32) + low
 
 
 def _aggregate(table: pa.Table, keys: list[str]) -> pa.Table:
