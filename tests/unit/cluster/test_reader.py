@@ -56,13 +56,19 @@ def test_merge_topk_orders_by_count_then_producer() -> None:
     assert merge_topk([], 3) == []
 
 
-def test_plan_prefers_itself_then_spreads_and_reports_shards_with_no_replica() -> None:
-    replicas = {0: ["a", "b"], 1: ["b", "c"], 2: ["c", "b"], 3: [], 4: ["a", "c"], 5: ["c", "b"]}
-    assignment, missing = plan(list(replicas), lambda s: replicas[s], prefer="a")
+def test_plan_prefers_itself_then_asks_as_few_nodes_as_possible() -> None:
+    replicas = {0: ["a", "b"], 1: ["b", "c"], 2: ["c", "b"], 3: [], 4: ["a", "c"], 5: ["c", "b"], 6: ["c", "d"]}
+    assignment, missing = plan(list(replicas), lambda s: replicas[s], prefer="a", rng=random.Random(1))
     assert missing == [3]
     assert assignment["a"] == [0, 4]
-    assert sorted(s for shards in assignment.values() for s in shards) == [0, 1, 2, 4, 5]
-    assert abs(len(assignment["b"]) - len(assignment["c"])) <= 1
+    assert sorted(s for shards in assignment.values() for s in shards) == [0, 1, 2, 4, 5, 6]
+    assert set(assignment) == {"a", "c"} and assignment["c"] == [1, 2, 5, 6]  # c covers all the rest
+
+
+def test_plan_spreads_ties_between_coordinators() -> None:
+    replicas = {s: ["b", "c"] for s in range(10)}
+    picks = {next(iter(plan(list(replicas), lambda s: replicas[s], "a", random.Random(i))[0])) for i in range(20)}
+    assert picks == {"b", "c"}
 
 
 def test_the_full_range_is_exact_too(node: Node) -> None:
