@@ -274,6 +274,7 @@ def write(section: str, path: Path) -> None:
     )
     old = path.read_text().split("\n## ", 1) if path.exists() else [""]
     rest = ("## " + old[1]) if len(old) > 1 else ""
+    rest = rest.replace("![soak](soak.png)\n\n", "")  # the chart is the newest run's only
     path.write_text(head + section + ("\n" + rest if rest else ""))
 
 
