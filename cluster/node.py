@@ -185,7 +185,7 @@ class Node:
         )
         self.reader = Reader(
             self.me, lambda: self.cmap, self.peers, self.detector, self.pool, lambda: self.serving,
-            cc.read_timeout_s, self._on_stale,
+            cc.read_timeout_s, self._on_stale, self.hints.count_for,
         )  # fmt: skip
         self.repairer = Repairer(
             self.me, lambda: self.cmap, self.holdings, self.peers, self.detector,

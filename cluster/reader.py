@@ -93,6 +93,7 @@ class Reader:
         serving: Callable[[], bool],
         timeout_s: float,
         on_stale: Callable[[str], None] | None = None,
+        hinted: Callable[[str], int] = lambda _: 0,
     ) -> None:
         self.me = me
         self.cmap = cmap
@@ -102,11 +103,13 @@ class Reader:
         self.serving = serving
         self.timeout_s = timeout_s
         self.on_stale = on_stale
+        self.hinted = hinted
 
     def _eligible(self, node: str) -> bool:
         if node == self.me:
             return self.serving()
-        return self.detector.is_serving(node)
+        # A peer we still hold hints for has missed writes: not read from until they land.
+        return self.detector.is_serving(node) and not self.hinted(node)
 
     def gather(
         self,
