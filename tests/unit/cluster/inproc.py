@@ -49,10 +49,10 @@ class InProcCluster:
                 peers=members,
                 rf=self.rf,
                 url=f"http://127.0.0.1:{port}",
-                peer=PeerConfig(secret=SECRET, timeout_s=1.0, probe_timeout_s=0.3),
+                peer=PeerConfig(secret=SECRET, timeout_s=2.0, probe_timeout_s=1.0),
                 detector=DetectorConfig(interval_s=0.1, stall_s=5.0),
                 upkeep=UpkeepConfig(tick_s=0.05, repair_interval_s=self.repair_interval_s, catch_up_timeout_s=10),
-                read_timeout_s=1.0,
+                read_timeout_s=2.0,
             ),
         )
         self.nodes[name] = Node(cfg)

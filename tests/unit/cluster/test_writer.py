@@ -9,17 +9,20 @@ import random
 import pytest
 
 from cluster.errors import NotEnoughReplicas
+from cluster.node import Node
 from cluster.writer import quorum_short
 from storage.schema import HOUR_NS
 from tests.eventgen import T0, random_events
 from tests.unit.cluster.inproc import InProcCluster
 
 
-def _total(node: object, shards: list[int] | None = None) -> int:
-    return sum(
-        node.aggregate(c, T0 - HOUR_NS, T0 + 10 * HOUR_NS, shards).value.count  # type: ignore[attr-defined]
-        for c in ("c0", "c1", "c2")
-    )
+def _total(node: Node, shards: list[int] | None = None) -> int:
+    total = 0
+    for c in ("c0", "c1", "c2"):
+        ans = node.aggregate(c, T0 - HOUR_NS, T0 + 10 * HOUR_NS, shards)
+        assert not ans.partial, f"{node.me}: shards {ans.missing_shards} missing"
+        total += ans.value.count  # type: ignore[attr-defined]
+    return total
 
 
 def test_quorum_short_counts_distinct_disks_capped_by_replicas() -> None:
