@@ -1,10 +1,15 @@
-"""Answering count, sum and top-k exactly, with one DuckDB query per answer.
+"""Answering count, sum and top-k exactly.
 
 For ``[start, end)`` the whole minutes come from minute rollups, the whole hours of a top-k
 from producer rollups, and only the ragged edges from raw rows — in the Parquet parts and in
 the live buffer alike. A query reads one ``Snapshot``: the manifest state pinned together with
 the buffer generations not yet committed, taken under the buffer's lock, so a row is counted
 exactly once while persists and compactions run beside it.
+
+Most answers never reach DuckDB: the buffer answers from its runs' indexes and the parts from
+their in-memory rollup indexes (``query/indexes.py``). DuckDB answers, in one statement, only
+what those cannot: parts in an older layout, shard subsets that split a part, and top-k answers
+the producer heads cannot prove.
 """
 
 from __future__ import annotations
@@ -13,18 +18,19 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ingest.buffer import MINUTE_ROLLUP_SCHEMA, BufferView, LiveBuffer
 from query.errors import InvalidQuery, QueryTimeout
+from query.indexes import IndexConfig, PartIndexes
 from query.sandbox import register_parquet
 from query.timerange import ceil_to, floor_to
-from storage.manifest import Manifest, ManifestState
+from query.topk import top_of
+from storage.manifest import Manifest, ManifestState, Part
 from storage.rollup import PRODUCER_ROLLUP_SCHEMA
 from storage.schema import HOUR_NS, MINUTE_NS, STORED_SCHEMA
 
@@ -37,6 +43,7 @@ class EngineConfig:
     memory_limit: str = "1GB"
     timeout_s: float = 30.0
     max_k: int = 10_000
+    indexes: IndexConfig = field(default_factory=IndexConfig)
 
 
 @dataclass(frozen=True)
@@ -59,8 +66,10 @@ class Snapshot:
     state: ManifestState
     buffer: BufferView
 
-    def files(self, kind: str, start: int, end: int) -> list[str]:
-        return [p.path(self.root, kind) for p in self.state.parts_between(start, end)]
+    def files(self, kind: str, start: int, end: int, parts: Sequence[Part] | None = None) -> list[str]:
+        """Files of ``kind`` of the parts overlapping ``[start, end)`` (of ``parts`` when given)."""
+        chosen = self.state.parts_between(start, end) if parts is None else parts
+        return [p.path(self.root, kind) for p in chosen if p.hour < end and p.hour + HOUR_NS > start]
 
     def all_files(self, kind: str) -> list[str]:
         return [p.path(self.root, kind) for p in self.state.parts]
@@ -81,15 +90,6 @@ def _shard_clause(shards: Sequence[int] | None) -> str:
     return f" AND shard IN ({', '.join(str(int(s)) for s in sorted(shards))})"
 
 
-def _top(counts: pa.Table, k: int) -> list[TopEntry]:
-    """The first ``k`` of ``(producer_id, count)`` rows by count desc, then producer_id asc."""
-    if counts.num_rows == 0:
-        return []
-    order = pc.sort_indices(counts, [("count", "descending"), ("producer_id", "ascending")])
-    top = counts.take(order[:k])
-    return [TopEntry(p, c) for p, c in zip(top["producer_id"].to_pylist(), top["count"].to_pylist(), strict=True)]
-
-
 class Engine:
     """Exact count / sum / top-k over one node's data (all shards, or a given subset)."""
 
@@ -108,14 +108,18 @@ class Engine:
         )
         # Parts are immutable and uniquely named, so their footers can be cached for good.
         self._db.execute("SET parquet_metadata_cache = true")
+        self.indexes = PartIndexes(root, manifest, self.config.indexes)
+        self.duckdb_answers = 0  # answers that needed DuckDB (the rest came from indexes alone)
 
     def close(self) -> None:
+        self.indexes.close()
         self._db.close()
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[Snapshot]:
         with contextlib.ExitStack() as stack:
             view, state = self.buffer.view(pin=lambda: stack.enter_context(self.manifest.pin()))
+            self.indexes.notice(state)  # type: ignore[arg-type]
             yield Snapshot(self.root, state, view)  # type: ignore[arg-type]
 
     def _run(
@@ -142,20 +146,26 @@ class Engine:
             return Aggregate(0, 0)
         with self.snapshot() as snap:
             count, total = snap.buffer.aggregate(category, start, end, shards)
-            sql = self.aggregate_sql(snap, start, end, shards)
+            c, s, slow = self.indexes.aggregate(snap.state, category, start, end, shards)
+            count, total = count + c, total + s
+            sql = self.aggregate_sql(snap, start, end, shards, slow) if slow else None
             if sql is not None:
-                ((c, s),) = self._run(sql, {"cat": category})
-                count, total = count + int(c), total + int(s)  # type: ignore[call-overload]
+                self.duckdb_answers += 1
+                ((c, s),) = self._run(sql, {"cat": category})  # type: ignore[assignment]
+                count, total = count + int(c), total + int(s)
         return Aggregate(count, total)
 
-    def aggregate_sql(self, snap: Snapshot, start: int, end: int, shards: Sequence[int] | None) -> str | None:
-        """One statement answering the committed parts' share (None when no part overlaps)."""
+    def aggregate_sql(
+        self, snap: Snapshot, start: int, end: int, shards: Sequence[int] | None, parts: Sequence[Part] | None = None
+    ) -> str | None:
+        """One statement answering the committed parts' share (of ``parts`` when given; None
+        when no part overlaps)."""
         sc = _shard_clause(shards)
         m1, m2 = ceil_to(start, MINUTE_NS), floor_to(end, MINUTE_NS)
         pieces = []
         if m1 < m2:
             where = f"category = $cat AND minute >= {m1} AND minute < {m2}{sc}"
-            files = snap.files("rollup_minute", m1, m2)
+            files = snap.files("rollup_minute", m1, m2, parts)
             if files:
                 pieces.append(
                     f"SELECT sum(count) AS c, sum(sum)::DECIMAL(38,0) AS s FROM {_parquet(files)} WHERE {where}"
@@ -167,7 +177,7 @@ class Engine:
         if edges:
             cond = " OR ".join(f"(timestamp >= {a} AND timestamp < {b})" for a, b in edges)
             where = f"category = $cat AND ({cond}){sc}"
-            files = sorted({f for a, b in edges for f in snap.files("events", a, b)})
+            files = sorted({f for a, b in edges for f in snap.files("events", a, b, parts)})
             if files:
                 pieces.append(
                     f"SELECT count(*) AS c, sum(value)::DECIMAL(38,0) AS s FROM {_parquet(files)} WHERE {where}"
@@ -186,10 +196,14 @@ class Engine:
         if start >= end:
             return []
         with self.snapshot() as snap:
+            fast = self.indexes.topk(snap.state, snap.buffer, category, start, end, k, shards)
+            if fast is not None:
+                return [TopEntry(p, c) for p, c in fast]
             buffered = snap.buffer.producer_counts(category, start, end, shards)
             sql = self.topk_sql(snap, start, end, shards)
             if sql is None:
-                return _top(buffered, k)
+                return [TopEntry(p, c) for p, c in top_of(buffered, k)]
+            self.duckdb_answers += 1
             rows = self._run(sql, {"cat": category, "k": k}, {"buf_top": buffered})
         return [TopEntry(str(p), int(c)) for p, c in rows]  # type: ignore[call-overload]
 

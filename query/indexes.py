@@ -1,0 +1,183 @@
+"""Answers from in-memory indexes: the engine's fast path, for every part it can serve.
+
+``PartIndexes.aggregate`` answers count and sum of the committed parts from their
+``PartIndex`` (whole minutes from prefix sums, the ragged edges from a few rows of the events
+file) and names the parts it could not serve; ``PartIndexes.topk`` answers a top-k from the
+parts' producer heads and the exact counts of the edges and the live buffer, or returns None.
+Either way the engine answers what is left with DuckDB, so the fast path only ever makes an
+answer faster, never different. A background thread loads the indexes of new parts as soon as
+a query sees a new manifest version, so queries rarely pay for a load.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from ingest.buffer import BufferView
+from query.part_reader import PartReader, ReaderConfig
+from query.rollup_cache import CacheConfig, PartIndex, RollupCache, TopList, UnusableIndex
+from query.timerange import ceil_to, floor_to
+from query.topk import count_ids, merge_heads, top_of
+from storage.manifest import Manifest, ManifestState, Part
+from storage.schema import HOUR_NS, MINUTE_NS
+
+__all__ = ["IndexConfig", "PartIndexes"]
+
+Ints = npt.NDArray[Any]
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    reader: ReaderConfig = field(default_factory=ReaderConfig)
+    warm: bool = True  # load new parts' indexes in the background
+
+
+def _wanted(shards: Sequence[int] | None) -> Ints | None:
+    return None if shards is None else np.array(sorted(set(shards)), dtype=np.int64)
+
+
+class PartIndexes:
+    def __init__(self, root: Path, manifest: Manifest, config: IndexConfig | None = None) -> None:
+        self.config = config or IndexConfig()
+        self.manifest = manifest
+        self.reader = PartReader(self.config.reader)
+        self.cache = RollupCache(root, self.reader, self.config.cache)
+        self._seen = -1
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._warmer: threading.Thread | None = None
+        if self.config.warm:
+            self._warmer = threading.Thread(target=self._warm_loop, name="index-warmer", daemon=True)
+            self._warmer.start()
+            self.notice(manifest.state)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._warmer is not None:
+            self._warmer.join(timeout=10)
+
+    # -- background loading ----------------------------------------------------------------------
+
+    def notice(self, state: ManifestState) -> None:
+        """A query saw ``state``: wake the warmer if the parts changed since last time."""
+        if state.version != self._seen:
+            self._seen = state.version
+            self._wake.set()
+
+    def warm(self, state: ManifestState) -> None:
+        """Forget removed parts, then load the newest parts' indexes while they fit the cache."""
+        for part in self.cache.retain(state.parts):
+            self.reader.forget({part.path(self.cache.root, kind) for kind in part.files})
+        budget = self.cache.config.max_bytes * 3 // 4
+        for part in sorted(state.parts, key=lambda p: (p.hour, p.id), reverse=True):
+            if self._stop.is_set() or self.cache.nbytes > budget:
+                return
+            try:
+                self.cache.index(part)
+                self.cache.top(part)
+            except (UnusableIndex, OSError):
+                continue  # answered by DuckDB; a part deleted meanwhile is simply skipped
+
+    def _warm_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            if not self._stop.is_set():
+                self.warm(self.manifest.state)
+
+    # -- count and sum ---------------------------------------------------------------------------
+
+    def aggregate(
+        self, state: ManifestState, category: str, start: int, end: int, shards: Sequence[int] | None
+    ) -> tuple[int, int, list[Part]]:
+        """(count, sum) over the parts served from indexes, and the parts left for DuckDB."""
+        wanted = _wanted(shards)
+        count = total = 0
+        slow: list[Part] = []
+        for part in state.parts_between(start, end):
+            try:
+                index = self.cache.index(part)
+                if wanted is not None:
+                    inside = np.isin(index.shards, wanted)
+                    if not inside.any():
+                        continue  # none of the part's shards is asked for
+                    if not inside.all():
+                        slow.append(part)  # some are: the index has no per-shard minutes
+                        continue
+                c, s = index.aggregate(category, start, end, self.reader)
+            except UnusableIndex:
+                self.cache.mark_unusable(part)
+                slow.append(part)
+                continue
+            count += c
+            total += s
+        return count, total, slow
+
+    # -- top-k -----------------------------------------------------------------------------------
+
+    def _edge_ids(self, index: PartIndex, category: str, start: int, end: int, wanted: Ints | None) -> pa.Array:
+        """Producer ids of the part's rows of ``category`` in ``[start, end)``."""
+        first, stop = index.row_range(category, start, end)
+        names = ["timestamp", "producer_id"] if wanted is None else ["timestamp", "producer_id", "shard"]
+        cols = self.reader.columns(index.events, first, stop, names)
+        ts = cols["timestamp"].to_numpy()
+        if len(ts) and (ts[0] < floor_to(start, MINUTE_NS) or ts[-1] >= ceil_to(end, MINUTE_NS)):
+            raise UnusableIndex(f"{index.events}: rows {first}..{stop} are not the minutes asked for")
+        i, j = np.searchsorted(ts, [start, end])  # rows of one category are sorted by time
+        ids = cols["producer_id"].slice(i, j - i)
+        if wanted is not None:
+            ids = ids.filter(pa.array(np.isin(cols["shard"].to_numpy()[i:j], wanted)))
+        return ids
+
+    def topk(
+        self,
+        state: ManifestState,
+        buffer: BufferView,
+        category: str,
+        start: int,
+        end: int,
+        k: int,
+        shards: Sequence[int] | None,
+    ) -> list[tuple[str, int]] | None:
+        """The exact top-k, or None when the engine must answer it with DuckDB."""
+        if k > self.cache.config.top_n // 2:
+            return None  # the heads are too short to prove a long answer
+        wanted = _wanted(shards)
+        h1, h2 = ceil_to(start, HOUR_NS), floor_to(end, HOUR_NS)
+        heads: list[TopList] = []
+        ids = [buffer.producer_counts(category, start, end, shards)]
+        edge_ids: list[pa.Array] = []
+        try:
+            for part in state.parts_between(start, end):
+                if h1 <= part.hour and part.hour + HOUR_NS <= h2:
+                    head = self.cache.top(part).categories.get(category)
+                    if head is not None:
+                        heads.append(head)
+                else:
+                    lo, hi = max(start, part.hour), min(end, part.hour + HOUR_NS)
+                    edge_ids.append(self._edge_ids(self.cache.index(part), category, lo, hi, wanted))
+        except UnusableIndex:
+            return None  # a part written in an older layout: the long way answers it
+        counts = _add_counts(ids[0], count_ids(edge_ids))
+        if not heads:
+            return top_of(counts, k)
+        return merge_heads(heads, counts, k, wanted)
+
+
+def _add_counts(a: pa.Table, b: pa.Table) -> pa.Table:
+    if a.num_rows == 0:
+        return b
+    if b.num_rows == 0:
+        return a
+    both = pa.concat_tables([a.select(["producer_id", "count"]).cast(b.schema), b])
+    return both.group_by("producer_id").aggregate([("count", "sum")]).rename_columns(["producer_id", "count"])

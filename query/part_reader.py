@@ -1,0 +1,126 @@
+"""Reading a slice of rows out of a part's events file: a few row groups, not a scan.
+
+Raw rows in a part are sorted by (category, timestamp), so the rows of one category in one
+minute are a known row range of the file (the minute index gives it, see
+``query/rollup_cache.py``). ``PartReader.columns`` returns those rows' columns by decoding only
+the row groups that hold them; decoded row groups are kept in a small LRU cache (bounded in
+bytes), since neighbouring queries often touch the same groups. Parquet footers are parsed once
+per file and reused: parts are immutable and their names are never reused.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = ["PartReader", "ReaderConfig"]
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    cache_bytes: int = 32 << 20  # decoded row groups kept for reuse
+    footers: int = 4096  # Parquet footers kept (a few kB each)
+    open_files: int = 256  # readers kept open
+
+
+class _File:
+    """One open reader of a file; pyarrow readers are not safe to share, so each has a lock."""
+
+    def __init__(self, path: str, meta: pq.FileMetaData) -> None:
+        self.lock = threading.Lock()
+        self.reader = pq.ParquetFile(path, metadata=meta)
+
+
+class PartReader:
+    """Thread-safe reader of row ranges from immutable Parquet files."""
+
+    def __init__(self, config: ReaderConfig | None = None) -> None:
+        self.config = config or ReaderConfig()
+        self._lock = threading.Lock()
+        self._footers: OrderedDict[str, tuple[pq.FileMetaData, npt.NDArray[Any]]] = OrderedDict()
+        self._files: OrderedDict[str, _File] = OrderedDict()
+        self._groups: OrderedDict[tuple[str, int, tuple[str, ...]], pa.Table] = OrderedDict()
+        self._bytes = 0
+        self.group_reads = 0  # row groups decoded (cache misses), for tests and metrics
+
+    def footer(self, path: str) -> tuple[pq.FileMetaData, npt.NDArray[Any]]:
+        """The file's metadata and the first row of each row group (plus the row count)."""
+        with self._lock:
+            hit = self._footers.get(path)
+            if hit is not None:
+                self._footers.move_to_end(path)
+                return hit
+        meta = pq.read_metadata(path)
+        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        starts = np.concatenate(([0], np.cumsum(sizes, dtype=np.int64)))
+        with self._lock:
+            self._footers[path] = (meta, starts)
+            while len(self._footers) > self.config.footers:
+                self._footers.popitem(last=False)
+        return meta, starts
+
+    def _file(self, path: str, meta: pq.FileMetaData) -> _File:
+        with self._lock:
+            f = self._files.get(path)
+            if f is not None:
+                self._files.move_to_end(path)
+                return f
+        f = _File(path, meta)
+        with self._lock:
+            f = self._files.setdefault(path, f)
+            while len(self._files) > self.config.open_files:
+                self._files.popitem(last=False)
+        return f
+
+    def _group(self, path: str, meta: pq.FileMetaData, group: int, names: tuple[str, ...]) -> pa.Table:
+        key = (path, group, names)
+        with self._lock:
+            hit = self._groups.get(key)
+            if hit is not None:
+                self._groups.move_to_end(key)
+                return hit
+        f = self._file(path, meta)
+        with f.lock:  # small reads: the thread pool costs more than it saves
+            table = f.reader.read_row_group(group, columns=list(names), use_threads=False)
+        with self._lock:
+            self.group_reads += 1
+            if key not in self._groups:
+                self._groups[key] = table
+                self._bytes += table.nbytes
+                while self._bytes > self.config.cache_bytes and self._groups:
+                    _, old = self._groups.popitem(last=False)
+                    self._bytes -= old.nbytes
+        return table
+
+    def columns(self, path: str, first: int, stop: int, names: list[str]) -> dict[str, pa.Array]:
+        """Rows ``[first, stop)`` of the file, one array per column name."""
+        meta, starts = self.footer(path)
+        if not 0 <= first <= stop <= int(starts[-1]):
+            raise IndexError(f"rows [{first}, {stop}) outside {path} ({int(starts[-1])} rows)")
+        if first == stop:
+            schema = meta.schema.to_arrow_schema()
+            return {n: pa.array([], schema.field(n).type) for n in names}
+        g0 = int(np.searchsorted(starts, first, side="right")) - 1
+        g1 = int(np.searchsorted(starts, stop, side="left"))
+        pieces = [self._group(path, meta, g, tuple(names)) for g in range(g0, g1)]
+        table = (pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]).slice(
+            first - int(starts[g0]), stop - first
+        )
+        return {n: table.column(n).combine_chunks() for n in names}
+
+    def forget(self, paths: set[str]) -> None:
+        """Drop what is cached of files that no longer exist (parts removed by compaction)."""
+        with self._lock:
+            for p in [p for p in self._footers if p in paths]:
+                del self._footers[p]
+            for p in [p for p in self._files if p in paths]:
+                del self._files[p]
+            for key in [k for k in self._groups if k[0] in paths]:
+                self._bytes -= self._groups.pop(key).nbytes
