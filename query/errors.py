@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from storage.errors import TributaryError
 
-__all__ = ["InvalidQuery", "QueryCancelled", "QueryError", "QueryTimeout", "SqlNotAllowed"]
+__all__ = ["InvalidQuery", "QueryCancelled", "QueryError", "QueryTimeout", "SqlNotAllowed", "SqlNotSplittable"]
 
 
 class QueryError(TributaryError):
@@ -22,6 +22,12 @@ class InvalidQuery(QueryError):
 class SqlNotAllowed(QueryError):
     """The SQL tries something the read-only sandbox forbids (writes, files, settings,
     extensions, several statements). Only one SELECT / WITH / EXPLAIN statement is allowed."""
+
+
+class SqlNotSplittable(QueryError):
+    """A cluster-wide SQL query that cannot be split into per-node and merge parts (window
+    functions, joins, subqueries, aggregates that do not merge); the detail says why. Run it
+    with ``"scope": "node"`` on one node's data, or rewrite it."""
 
 
 class QueryTimeout(QueryError):

@@ -24,7 +24,7 @@ from ingest.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from query.errors import InvalidQuery, QueryCancelled, QueryTimeout, SqlNotAllowed
+from query.errors import InvalidQuery, QueryCancelled, QueryTimeout, SqlNotAllowed, SqlNotSplittable
 from storage.errors import TributaryError
 
 __all__ = ["PROBLEM_JSON", "problem", "problem_handlers", "send_problem"]
@@ -42,6 +42,7 @@ _STATUS: dict[type[Exception], tuple[int, str, str]] = {
     Overloaded: (503, "overloaded", "The node is overloaded"),
     NotEnoughReplicas: (503, "not-enough-replicas", "Not enough replicas are reachable"),
     PartialResult: (503, "partial-result", "Some shards have no live replica"),
+    SqlNotSplittable: (422, "sql-not-splittable", "The SQL cannot run cluster-wide"),
     SqlNotAllowed: (403, "sql-not-allowed", "The SQL is not allowed in the read-only sandbox"),
     QueryTimeout: (408, "query-timeout", "The query ran past its time limit"),
     QueryCancelled: (409, "query-cancelled", "The query was cancelled"),
