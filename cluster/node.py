@@ -17,23 +17,24 @@ import contextlib
 import random
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pyarrow as pa
 import structlog
 import xxhash
 
+from cluster.answers import Answer, Answers
 from cluster.detector import Detector, DetectorConfig
-from cluster.errors import MembershipError, NotServing, PartialResult, PeerError, StaleEpoch
+from cluster.errors import MembershipError, PeerError, StaleEpoch
 from cluster.hints import HintStore
 from cluster.holdings import BatchesExtra, Holdings
 from cluster.membership import ClusterMap, Member
 from cluster.peers import PeerClient, PeerConfig
-from cluster.reader import Reader, merge_aggregates, merge_topk
+from cluster.reader import Reader
 from cluster.rebalance import Rebalancer, valid_node_id
 from cluster.repair import Repairer
 from cluster.upkeep import Upkeep, UpkeepConfig
@@ -44,17 +45,8 @@ from ingest.ingestor import IngestConfig, Ingestor, IngestResult, batch_id_for
 from ingest.persister import PersistConfig, Persister
 from ingest.wal import Wal, WalConfig
 from query.approx import DistinctAnswer, QuantileAnswer, TopAnswer
-from query.approx import merge_topk as merge_approx_topk
-from query.approxengine import (
-    ApproxConfig,
-    ApproxEngine,
-    ExactQuantiles,
-    from_wire,
-    merge_distinct,
-    merge_quantiles,
-    to_wire,
-)
-from query.engine import Aggregate, Engine, EngineConfig, TopEntry
+from query.approxengine import ApproxConfig, ApproxEngine, ExactQuantiles
+from query.engine import Engine, EngineConfig
 from query.sandbox import Sandbox, SandboxConfig, SqlResult, SqlStream
 from storage.compaction import CompactionConfig, Compactor
 from storage.eviction import evict_shards
@@ -103,15 +95,6 @@ class NodeConfig:
     approx: ApproxConfig = field(default_factory=ApproxConfig)  # sketch sizes, most quantiles
     tick_s: float = 0.25  # how often the background loop looks for work
     compact_every_s: float = 30.0
-
-
-@dataclass(frozen=True)
-class Answer:
-    """An answer with its completeness: ``partial`` when some shards could not be read."""
-
-    value: object
-    partial: bool = False
-    missing_shards: tuple[int, ...] = ()
 
 
 def _map_id(cmap: ClusterMap) -> int:
@@ -186,6 +169,10 @@ class Node:
         self.reader = Reader(
             self.me, lambda: self.cmap, self.peers, self.detector, self.pool, lambda: self.serving,
             cc.read_timeout_s, self._on_stale, self.hints.count_for,
+        )  # fmt: skip
+        self.answers = Answers(
+            self.me, lambda: self.cmap, lambda: self.serving, self.engine, self.approx, self.reader, self.sandbox,
+            config.approx,
         )  # fmt: skip
         self.repairer = Repairer(
             self.me, lambda: self.cmap, self.holdings, self.peers, self.detector,
@@ -338,20 +325,13 @@ class Node:
                 except (PeerError, MembershipError):
                     continue
 
-    # -- reads -----------------------------------------------------------------------------------
+    # -- reads (answered by ``cluster.answers``) -----------------------------------------------
 
     def aggregate(
         self, category: str, start: int, end: int, shards: Sequence[int] | None = None, *, strict: bool = False
     ) -> Answer:
         """Exact count and sum over the cluster (or over ``shards`` of this node only)."""
-        if shards is not None or self.cmap.is_single(self.me):
-            return Answer(self.engine.aggregate(category, start, end, shards))
-        g = self.reader.gather(
-            {"kind": "aggregate", "category": category, "start": start, "end": end},
-            lambda sh: self.engine.aggregate(category, start, end, sh),
-            lambda d: Aggregate(int(d["count"]), int(d["sum"])),
-        )
-        return self._complete(Answer(merge_aggregates(g.parts), bool(g.missing), g.missing), strict)
+        return self.answers.aggregate(category, start, end, shards, strict=strict)
 
     def topk(
         self,
@@ -364,23 +344,8 @@ class Node:
         strict: bool = False,
         approx: bool = False,
     ) -> Answer:
-        """Exact top-k over the cluster (or over ``shards`` of this node only); with ``approx``
-        a ``query.approx.TopAnswer`` from sketches, with per-producer bounds."""
-        if approx:
-            return self.topk_approx(category, start, end, k, shards, strict=strict)
-        if shards is not None or self.cmap.is_single(self.me):
-            return Answer(self.engine.topk(category, start, end, k, shards))
-        self.engine.topk(category, 0, 0, k)  # validates k before any peer is asked
-        g = self.reader.gather(
-            {"kind": "topk", "category": category, "start": start, "end": end, "k": k},
-            lambda sh: self.engine.topk(category, start, end, k, sh),
-            lambda d: [TopEntry(str(p), int(c)) for p, c in d["top"]],
-        )
-        return self._complete(Answer(merge_topk(g.parts, k), bool(g.missing), g.missing), strict)
-
-    # -- distinct, quantiles, approximate top-k (issue 7) -----------------------------------------
-    # Each answer is ``*_partial`` per node over its shards, combined by ``merge_*``; on a
-    # cluster of one (or for given ``shards``) the engine answers directly.
+        """Exact top-k over the cluster (or ``shards`` of this node); with ``approx`` a ``TopAnswer``."""
+        return self.answers.topk(category, start, end, k, shards, strict=strict, approx=approx)
 
     def distinct(
         self,
@@ -393,14 +358,7 @@ class Node:
         strict: bool = False,
     ) -> Answer:
         """Distinct producers: an ``int``, or with ``approx`` a ``query.approx.DistinctAnswer``."""
-        if shards is not None or self.cmap.is_single(self.me):
-            return Answer(self.approx.distinct(category, start, end, approx=approx, shards=shards))
-        g = self.reader.gather(
-            {"kind": "distinct", "category": category, "start": start, "end": end, "approx": approx},
-            lambda sh: self.distinct_partial(category, start, end, approx, sh),
-            lambda d: d,
-        )
-        return self._complete(Answer(self.merge_distinct_partials(g.parts, approx), bool(g.missing), g.missing), strict)
+        return self.answers.distinct(category, start, end, approx, shards, strict=strict)
 
     def quantiles(
         self,
@@ -414,93 +372,41 @@ class Node:
         strict: bool = False,
     ) -> Answer:
         """Quantiles of ``value``: ``ExactQuantiles``, or with ``approx`` a ``QuantileAnswer``."""
-        if shards is not None or self.cmap.is_single(self.me):
-            return Answer(self.approx.quantiles(category, start, end, qs, approx=approx, shards=shards))
-        g = self.reader.gather(
-            {"kind": "quantiles", "category": category, "start": start, "end": end, "approx": approx},
-            lambda sh: self.quantiles_partial(category, start, end, approx, sh),
-            lambda d: d,
-        )
-        merged = self.merge_quantiles_partials(g.parts, qs, approx)
-        return self._complete(Answer(merged, bool(g.missing), g.missing), strict)
+        return self.answers.quantiles(category, start, end, qs, approx, shards, strict=strict)
 
     def topk_approx(
-        self,
-        category: str,
-        start: int,
-        end: int,
-        k: int,
-        shards: Sequence[int] | None = None,
-        *,
-        strict: bool = False,
+        self, category: str, start: int, end: int, k: int, shards: Sequence[int] | None = None, *, strict: bool = False
     ) -> Answer:
         """Approximate top-k from frequent-items sketches: a ``query.approx.TopAnswer``."""
-        if shards is not None or self.cmap.is_single(self.me):
-            return Answer(self.approx.topk(category, start, end, k, shards))
-        g = self.reader.gather(
-            {"kind": "topk_approx", "category": category, "start": start, "end": end, "k": k},
-            lambda sh: self.topk_approx_partial(category, start, end, k, sh),
-            lambda d: d,
-        )
-        return self._complete(Answer(self.merge_topk_partials(g.parts, k), bool(g.missing), g.missing), strict)
+        return self.answers.topk_approx(category, start, end, k, shards, strict=strict)
 
     def distinct_partial(
         self, category: str, start: int, end: int, approx: bool, shards: Sequence[int]
     ) -> dict[str, Any]:
-        """This node's part of ``distinct`` over ``shards``, JSON-ready; see ``merge_distinct_partials``."""
-        return to_wire(self.approx.distinct_partial(category, start, end, approx, shards))
+        return self.answers.distinct_partial(category, start, end, approx, shards)
 
     def quantiles_partial(
         self, category: str, start: int, end: int, approx: bool, shards: Sequence[int]
     ) -> dict[str, Any]:
-        """This node's part of ``quantiles`` over ``shards``, JSON-ready (exact: a histogram of
-        the values in range, one entry per distinct value); see ``merge_quantiles_partials``."""
-        return to_wire(self.approx.quantiles_partial(category, start, end, approx, shards))
+        return self.answers.quantiles_partial(category, start, end, approx, shards)
 
     def topk_approx_partial(self, category: str, start: int, end: int, k: int, shards: Sequence[int]) -> dict[str, Any]:
-        """This node's approximate top-k over ``shards``, JSON-ready; see ``merge_topk_partials``."""
-        return to_wire(self.approx.topk_partial(category, start, end, k, shards))
+        return self.answers.topk_approx_partial(category, start, end, k, shards)
 
     def merge_distinct_partials(self, parts: Sequence[dict[str, Any]], approx: bool) -> int | DistinctAnswer:
-        partials = [from_wire(p) for p in parts]
-        return merge_distinct([p for p in partials if not isinstance(p, dict)], approx, self.config.approx.sketch)
+        return self.answers.merge_distinct_partials(parts, approx)
 
     def merge_quantiles_partials(
         self, parts: Sequence[dict[str, Any]], qs: Sequence[float], approx: bool
     ) -> ExactQuantiles | QuantileAnswer:
-        tables = [p for p in map(from_wire, parts) if isinstance(p, pa.Table)]
-        return merge_quantiles(tables, qs, approx, self.config.approx.sketch)
+        return self.answers.merge_quantiles_partials(parts, qs, approx)
 
     def merge_topk_partials(self, parts: Sequence[dict[str, Any]], k: int) -> TopAnswer:
-        return merge_approx_topk([cast(TopAnswer, p) for p in map(from_wire, parts) if isinstance(p, dict)], k)
-
-    @staticmethod
-    def _complete(ans: Answer, strict: bool) -> Answer:
-        if strict and ans.partial:
-            raise PartialResult(f"{len(ans.missing_shards)} shard(s) have no live replica", list(ans.missing_shards))
-        return ans
+        return self.answers.merge_topk_partials(parts, k)
 
     def answer_peer(self, request: dict[str, Any]) -> dict[str, Any]:
         """A peer's scatter-gather request over some of our shards (``/internal/query``)."""
-        if not self.serving:
-            raise NotServing(f"{self.me} is catching up and does not answer reads yet")
-        epoch = int(request.get("epoch", 0))
-        if epoch < self.cmap.epoch:
-            raise StaleEpoch(f"routed by map epoch {epoch}; this node has {self.cmap.epoch}", self.cmap.epoch)
-        shards = [int(s) for s in request["shards"]]
-        cat, start, end = str(request["category"]), int(request["start"]), int(request["end"])
-        kind = request.get("kind")
-        if kind == "topk":
-            top = self.engine.topk(cat, start, end, int(request["k"]), shards)
-            return {"top": [[t.producer_id, t.count] for t in top]}
-        if kind == "distinct":
-            return self.distinct_partial(cat, start, end, bool(request.get("approx")), shards)
-        if kind == "quantiles":
-            return self.quantiles_partial(cat, start, end, bool(request.get("approx")), shards)
-        if kind == "topk_approx":
-            return self.topk_approx_partial(cat, start, end, int(request["k"]), shards)
-        agg = self.engine.aggregate(cat, start, end, shards)
-        return {"count": agg.count, "sum": agg.sum}
+        return self.answers.answer_peer(request)
 
     # -- membership and state --------------------------------------------------------------------
 
@@ -592,20 +498,16 @@ class Node:
     def sql(self, sql: str, *, query_id: str | None = None, max_rows: int | None = None) -> SqlResult:
         """Run one read-only statement over the views ``events``, ``rollup_minute`` and
         ``rollup_producer_hour`` of this node's data (parts + live buffer)."""
-        with self.engine.snapshot() as snap:
-            return self.sandbox.run(sql, self.engine.define_views(snap), query_id=query_id, max_rows=max_rows)
+        return self.answers.sql(sql, query_id=query_id, max_rows=max_rows)
 
-    @contextlib.contextmanager
-    def sql_stream(self, sql: str, *, query_id: str | None = None, max_rows: int | None = None) -> Iterator[SqlStream]:
+    def sql_stream(
+        self, sql: str, *, query_id: str | None = None, max_rows: int | None = None
+    ) -> contextlib.AbstractContextManager[SqlStream]:
         """``sql`` as a stream of record batches, for exports that never hold the whole result."""
-        with (
-            self.engine.snapshot() as snap,
-            self.sandbox.stream(sql, self.engine.define_views(snap), query_id=query_id, max_rows=max_rows) as stream,
-        ):
-            yield stream
+        return self.answers.sql_stream(sql, query_id=query_id, max_rows=max_rows)
 
     def sql_cancel(self, query_id: str) -> bool:
-        return self.sandbox.cancel(query_id)
+        return self.answers.sql_cancel(query_id)
 
     def stats(self) -> dict[str, object]:
         return {
