@@ -242,11 +242,15 @@ class Engine:
 
     # -- raw rows (SQL views and export) ---------------------------------------------------------
 
-    def define_views(self, snap: Snapshot) -> Callable[[duckdb.DuckDBPyConnection], None]:
+    def define_views(
+        self, snap: Snapshot, shards: Sequence[int] | None = None
+    ) -> Callable[[duckdb.DuckDBPyConnection], None]:
         """A function that creates the SQL views ``events``, ``rollup_minute`` and
         ``rollup_producer_hour`` over ``snap`` on a sandboxed connection: Parquet parts are
         handed over as pyarrow datasets and the buffer as Arrow tables, so DuckDB itself never
-        gets a file path (see ``query/sandbox.py`` for why)."""
+        gets a file path (see ``query/sandbox.py`` for why). With ``shards``, every view holds
+        the rows of those shards only (a node's part of a cluster-wide query)."""
+        only = "" if shards is None else " WHERE true" + _shard_clause(shards)
 
         def define(con: duckdb.DuckDBPyConnection) -> None:
             sources = {
@@ -256,10 +260,10 @@ class Engine:
             }
             for name, (kind, schema, buffered) in sources.items():
                 register_parquet(con, f"{name}_parts", snap.all_files(kind), schema)
-                sql = f"CREATE VIEW {name} AS SELECT * FROM {name}_parts"
+                sql = f"CREATE VIEW {name} AS SELECT * FROM {name}_parts{only}"
                 if buffered is not None:
                     con.register(f"{name}_buffer", buffered)
-                    sql += f" UNION ALL BY NAME SELECT * FROM {name}_buffer"
+                    sql += f" UNION ALL BY NAME SELECT * FROM {name}_buffer{only}"
                 con.execute(sql)
 
         return define
