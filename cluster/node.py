@@ -1,9 +1,10 @@
 """One Tributary process, wired: the only place that builds the parts of a node.
 
 ``Node`` owns the data directory (WAL, partitions, manifest, idempotency log, hints, cluster
-map), the write path, the query engine, the background loop that persists the live buffer and
-compacts hours, and — when the map names other nodes — the cluster parts: peer client, failure
-detector, write fan-out, scatter-gather reads, repair and membership changes. Recovery happens
+map), the write path, the query engine and the read side (``cluster.answers``), the background
+threads that persist the live buffer and compact hours (``cluster.maintenance``), and — when the
+map names other nodes — the cluster parts: peer client, failure detector, write fan-out,
+scatter-gather reads, repair and membership changes. Recovery happens
 in the constructor: the manifest is loaded, orphans of a crash are removed, and WAL records not
 yet persisted are replayed before the node takes traffic.
 
@@ -32,6 +33,7 @@ from cluster.detector import Detector, DetectorConfig
 from cluster.errors import MembershipError, PeerError, StaleEpoch
 from cluster.hints import HintStore
 from cluster.holdings import BatchesExtra, Holdings
+from cluster.maintenance import Maintenance
 from cluster.membership import ClusterMap, Member
 from cluster.peers import PeerClient, PeerConfig
 from cluster.reader import Reader
@@ -49,9 +51,8 @@ from query.approxengine import ApproxConfig, ApproxEngine, ExactQuantiles
 from query.engine import Engine, EngineConfig
 from query.sandbox import Sandbox, SandboxConfig, SqlResult, SqlStream
 from storage.compaction import CompactionConfig, Compactor
-from storage.eviction import evict_shards
 from storage.manifest import Manifest
-from storage.partition import PartitionConfig, PartitionStore
+from storage.partition import PartExtra, PartitionConfig, PartitionStore
 from storage.retention import Retention, RetentionConfig
 from storage.schema import ShardHasher
 from storage.sketchfile import SketchExtra
@@ -93,7 +94,7 @@ class NodeConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sketches: bool = True  # build sketch files beside parts for approximate answers (issue 7)
     approx: ApproxConfig = field(default_factory=ApproxConfig)  # sketch sizes, most quantiles
-    tick_s: float = 0.25  # how often the background loop looks for work
+    tick_s: float = 0.25  # how often the background threads look for work
     compact_every_s: float = 30.0
 
 
@@ -111,8 +112,12 @@ class Node:
         self.started = time.time()
         self.manifest = Manifest(root)
         sketches = [SketchExtra(config.approx.sketch)] if config.sketches else []
-        self.store = PartitionStore(root, self.manifest, config.partition, extras=[BatchesExtra(), *sketches])
+        extras: list[PartExtra] = [BatchesExtra(), *sketches]
+        self.store = PartitionStore(root, self.manifest, config.partition, extras=extras)
         self.store.remove_tmp_files()
+        # Merges and evictions write through a store of their own (own DuckDB connection and
+        # lock), so a long merge never holds the store a persist writes through.
+        self.merge_store = PartitionStore(root, self.manifest, config.partition, extras=extras)
         orphans = self.manifest.remove_orphans()
         self.buffer = LiveBuffer()
         self.keys = IdempotencyIndex(root / "idempotency.log", config.idempotency)
@@ -125,16 +130,17 @@ class Node:
         self.holdings.load(root, self.manifest.state, self.buffer.view()[0].rows)
         self.wal.start()
         self.persister = Persister(self.buffer, self.wal, self.store, self.manifest, self.keys, config.persist)
-        self.compactor = Compactor(self.store, self.manifest, config.compaction)
+        self.compactor = Compactor(self.merge_store, self.manifest, config.compaction)
         self.retention = Retention(root, self.manifest, config.retention)
         self.engine = Engine(root, self.manifest, self.buffer, config.engine)
         self.approx = ApproxEngine(self.engine, config.approx)
         self.sandbox = Sandbox(config.sandbox)
-        self._maintenance = threading.Lock()  # compaction and eviction both replace parts
-        self._stop = threading.Event()
+        self.maintenance = Maintenance(
+            self.persister, self.compactor, self.retention, self.holdings,
+            tick_s=config.tick_s, compact_every_s=config.compact_every_s,
+        )  # fmt: skip
         self._build_cluster(config)
-        self._bg = threading.Thread(target=self._background, name="node-background", daemon=True)
-        self._bg.start()
+        self.maintenance.start()
         log.info(
             "node started",
             node_id=self.me,
@@ -176,7 +182,7 @@ class Node:
         )  # fmt: skip
         self.repairer = Repairer(
             self.me, lambda: self.cmap, self.holdings, self.peers, self.detector,
-            self.engine.slice_rows, self.store_rows, self._evict, self.retention.cutoff,
+            self.engine.slice_rows, self.store_rows, self.maintenance.evict, self.retention.cutoff,
         )  # fmt: skip
         self.rebalancer = Rebalancer(self.me, lambda: self.cmap, self.publish, self.peers, self.detector, self.status)
         self.upkeep = Upkeep(
@@ -462,36 +468,10 @@ class Node:
     # -- maintenance -----------------------------------------------------------------------------
 
     def persist_now(self) -> int:
-        return self.persister.persist()
+        return self.maintenance.persist_now()
 
     def compact_now(self, force: bool = True) -> int:
-        with self._maintenance:
-            return self.compactor.run_once(force=force)
-
-    def _evict(self, shards: list[int]) -> int:
-        """Remove ``shards`` from this node (claims on them are blocked by the caller)."""
-        with self._maintenance:
-            self.persister.persist()  # rows still in memory go to parts first, then all go
-            removed = evict_shards(self.store, self.manifest, shards)
-        self.holdings.forget(shards)
-        return removed
-
-    def _background(self) -> None:
-        last_compact = time.monotonic()
-        while not self._stop.wait(self.config.tick_s):
-            try:
-                if self.persister.due():
-                    self.persister.persist()
-                if time.monotonic() - last_compact >= self.config.compact_every_s:
-                    last_compact = time.monotonic()
-                    with self._maintenance:
-                        self.compactor.run_once()
-                run = self.retention.maybe_run()  # drops whole expired hours; a no-op when retention is off
-                cut = self.retention.cutoff()
-                if run is not None and run.hours and cut is not None:
-                    self.holdings.forget_through(cut)
-            except Exception:  # keep serving; the next tick retries (data stays in WAL + buffer)
-                log.exception("background maintenance failed")
+        return self.maintenance.compact_now(force)
 
     # -- SQL (this node's data; read-only sandbox) ---------------------------------------------
 
@@ -531,10 +511,9 @@ class Node:
 
     def close(self, persist: bool = True) -> None:
         """Stop background work; with ``persist``, flush the buffer to Parquet first."""
-        self._stop.set()
         self.upkeep.stop()
         self.detector.stop()
-        self._bg.join()
+        self.maintenance.stop()
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.peers.close()
         if persist:
@@ -542,3 +521,4 @@ class Node:
         self.wal.close()
         self.engine.close()
         self.store.close()
+        self.merge_store.close()
