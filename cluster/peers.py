@@ -146,6 +146,11 @@ class PeerClient:
         out: dict[str, Any] = self._json(node_id, "POST", "/internal/query", json=request, timeout=timeout)
         return out
 
+    def sql(self, node_id: str, request: dict[str, Any], timeout: float | None = None) -> bytes:
+        """A node's part of a cluster-wide SQL query (``{"sql", "shards", "epoch"}``), as the
+        Arrow IPC stream of its rows."""
+        return self._call(node_id, "POST", "/internal/sql", json=request, timeout=timeout).content
+
     def digests(self, node_id: str, shards: Sequence[int] | None, level: str) -> list[list[int]]:
         body = {"shards": None if shards is None else list(shards), "level": level}
         out: list[list[int]] = self._json(node_id, "POST", "/internal/digests", json=body)["digests"]

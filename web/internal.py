@@ -8,7 +8,8 @@ waiting on peers (two coordinators writing to each other cannot starve each othe
 
 Routes: ``GET/POST /map`` (the cluster map), ``POST /ingest`` (store rows as a replica),
 ``POST /hints`` (keep rows for another node), ``POST /query`` (a scatter-gather read over some
-shards), ``POST /digests``, ``POST /batches``, ``POST /fetch`` (anti-entropy), ``GET /status``.
+shards), ``POST /sql`` (a node's part of a cluster-wide SQL query, answered as Arrow IPC),
+``POST /digests``, ``POST /batches``, ``POST /fetch`` (anti-entropy), ``GET /status``.
 """
 
 from __future__ import annotations
@@ -23,15 +24,15 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 
-from cluster.errors import MembershipError, NotServing, StaleEpoch
 from cluster.membership import ClusterMap
 from cluster.node import Node
 from cluster.peers import SECRET_HEADER
+from cluster.sqlgather import answer_partial
 from storage.errors import StorageError
-from storage.shipping import PARQUET, pack_parquet, unpack
+from storage.shipping import ARROW_STREAM, PARQUET, pack_parquet, unpack
 from web.problem import problem
 
-__all__ = ["internal_router", "membership_problem", "secret_refusal"]
+__all__ = ["internal_router", "secret_refusal"]
 
 T = TypeVar("T")
 
@@ -47,24 +48,9 @@ def secret_refusal(peers: str, secret: str, insecure: bool) -> str | None:
     return None
 
 
-def _stale(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
-    assert isinstance(exc, StaleEpoch)
-    return problem(409, "stale-epoch", "Routed by an older cluster map", exc.detail, epoch=exc.epoch)
-
-
-def _not_serving(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
-    assert isinstance(exc, NotServing)
-    return problem(503, "not-serving", "This node is catching up", exc.detail, {"Retry-After": "1"})
-
-
 def _bad_body(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     detail = getattr(exc, "detail", None) or str(exc)
     return problem(400, "bad-internal-request", "The internal request is invalid", detail)
-
-
-def membership_problem(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
-    detail = getattr(exc, "detail", None) or str(exc)
-    return problem(409, "membership-conflict", "The membership change is not possible", detail)
 
 
 def internal_router(node: Node, secret: str, insecure: bool = False, threads: int = 32) -> Router:
@@ -108,6 +94,10 @@ def internal_router(node: Node, secret: str, insecure: bool = False, threads: in
     async def query(data: dict[str, Any]) -> dict[str, Any]:
         return await run(node.answer_peer, data)
 
+    @post("/sql", status_code=200, summary="A node's part of a cluster-wide SQL query, as Arrow IPC")
+    async def sql(data: dict[str, Any]) -> Response[bytes]:
+        return Response(await run(answer_partial, node, data), media_type=ARROW_STREAM)
+
     @post("/digests", status_code=200, summary="Digests of held batches per shard or per (shard, hour)")
     async def digests(data: dict[str, Any]) -> dict[str, Any]:
         shards = data.get("shards")
@@ -135,13 +125,10 @@ def internal_router(node: Node, secret: str, insecure: bool = False, threads: in
 
     return Router(
         path="/internal",
-        route_handlers=[get_map, post_map, ingest, hints, query, digests, batches, fetch, status],
+        route_handlers=[get_map, post_map, ingest, hints, query, sql, digests, batches, fetch, status],
         guards=[guard],
         exception_handlers={
-            StaleEpoch: _stale,
-            NotServing: _not_serving,
             StorageError: _bad_body,
-            MembershipError: _bad_body,
             KeyError: _bad_body,
             ValueError: _bad_body,
         },

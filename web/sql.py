@@ -14,12 +14,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import pyarrow as pa
 from litestar import MediaType, Response, get, post
 from litestar.handlers import BaseRouteHandler
 from litestar.response import Stream
 
 from cluster.node import Node
+from cluster.sqlgather import SqlGather
 from ingest.errors import Overloaded
 from query import results
 from query.errors import InvalidQuery
@@ -59,10 +61,19 @@ class _Slots:
 
 def sql_routes(node: Node, max_concurrent: int = 4) -> list[BaseRouteHandler]:
     slots = _Slots(max_concurrent)
+    gather = SqlGather(node)
+    missing_of: dict[int, tuple[int, ...]] = {}
 
-    def _stream(sql: str, fmt: str, query_id: str | None, max_rows: int | None) -> Iterator[bytes]:
-        with slots, node.sql_stream(sql, query_id=query_id, max_rows=max_rows) as s:
-            yield from results.encode_batches(fmt, s.schema, s)
+    def _stream(
+        sql: str, fmt: str, query_id: str | None, max_rows: int | None, cluster: bool, strict: bool
+    ) -> Iterator[bytes]:
+        if not cluster:
+            with slots, node.sql_stream(sql, query_id=query_id, max_rows=max_rows) as s:
+                yield from results.encode_batches(fmt, s.schema, s)
+            return
+        with slots, gather.stream(sql, query_id=query_id, max_rows=max_rows, strict=strict) as (c, missing):
+            missing_of[threading.get_ident()] = missing
+            yield from results.encode_batches(fmt, c.schema, c)
 
     @post("/v1/sql", status_code=200, sync_to_thread=True, summary="Run one read-only SQL statement")
     def run_sql(data: dict[str, Any]) -> Response[Any]:
@@ -70,7 +81,12 @@ def sql_routes(node: Node, max_concurrent: int = 4) -> list[BaseRouteHandler]:
 
         Views: ``events`` (raw rows, live buffer included), ``rollup_minute``,
         ``rollup_producer_hour``. JSON answers ``{"columns", "rows", "row_count", "truncated",
-        "took_ms", "query_id"}``; other formats stream the file."""
+        "took_ms", "query_id"}``; other formats stream the file.
+
+        On a cluster, ``"scope": "cluster"`` (the default) answers over every shard: the query is
+        split into a per-node part and a merge part (``query.sqlsplit``; 422 when it cannot be)
+        and the JSON answer adds ``"partial"`` and ``"missing_shards"`` (503 with ``"strict": true``
+        when shards are missing). ``"scope": "node"`` reads the receiving node's data alone."""
         sql = data.get("sql")
         if not isinstance(sql, str) or not sql.strip():
             raise InvalidQuery("sql is required: a non-empty string")
@@ -81,13 +97,26 @@ def sql_routes(node: Node, max_concurrent: int = 4) -> list[BaseRouteHandler]:
         max_rows = data.get("max_rows")
         if max_rows is not None and (not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 0):
             raise InvalidQuery("max_rows must be a non-negative integer")
+        scope = data.get("scope") or "cluster"
+        if scope not in ("cluster", "node"):
+            raise InvalidQuery(f"scope must be cluster or node; got {scope!r}")
+        strict = data.get("strict", False)
+        if not isinstance(strict, bool):
+            raise InvalidQuery("strict must be true or false")
+        cluster = scope == "cluster" and not node.cmap.is_single(node.me)
         if fmt == "json":
             with slots:
-                result = node.sql(sql, query_id=query_id, max_rows=max_rows)
-            return Response(results.to_json(result), media_type=MediaType.JSON)
+                if not cluster:
+                    return Response(results.to_json(node.sql(sql, query_id=query_id, max_rows=max_rows)),
+                                    media_type=MediaType.JSON)  # fmt: skip
+                g = gather.run(sql, query_id=query_id, max_rows=max_rows, strict=strict)
+            # to_json's object, with the completeness of a cluster answer appended
+            extra = msgspec.json.encode({"partial": bool(g.missing), "missing_shards": list(g.missing)})
+            return Response(results.to_json(g.result)[:-1] + b"," + extra[1:], media_type=MediaType.JSON)
         # Check and open before answering 200, so a refused query still gets its 4xx.
-        chunks = _stream(sql, fmt, query_id, max_rows)
+        chunks = _stream(sql, fmt, query_id, max_rows, cluster, strict)
         first = next(chunks, b"")
+        missing = missing_of.pop(threading.get_ident(), ())
 
         def body() -> Iterator[bytes]:
             yield first
@@ -96,7 +125,10 @@ def sql_routes(node: Node, max_concurrent: int = 4) -> list[BaseRouteHandler]:
         return Stream(
             body(),
             media_type=results.MEDIA_TYPES[fmt],
-            headers={"Content-Disposition": f'attachment; filename="{_filename(results.FILE_EXTENSIONS[fmt])}"'},
+            headers={
+                "Content-Disposition": f'attachment; filename="{_filename(results.FILE_EXTENSIONS[fmt])}"',
+                **({"X-Tributary-Missing-Shards": ",".join(map(str, missing))} if missing else {}),
+            },
         )
 
     @post("/v1/sql/cancel", status_code=200, sync_to_thread=False, summary="Cancel a running SQL query")
