@@ -17,7 +17,6 @@ from litestar import Litestar, MediaType, Request, Response, delete, get, post
 from litestar.openapi import OpenAPIConfig
 from litestar.static_files import create_static_files_router
 
-from cluster.errors import MembershipError
 from cluster.node import Node
 from ingest.decode import decode_events
 from ingest.errors import Overloaded
@@ -27,7 +26,7 @@ from query.timerange import parse_range
 from web import assets
 from web.approx import approx_routes, topk_approx
 from web.auth import AuthMiddleware, load_tokens
-from web.internal import internal_router, membership_problem
+from web.internal import internal_router
 from web.limits import LimitsMiddleware
 from web.logging import RequestLogMiddleware
 from web.metrics import Metrics
@@ -138,7 +137,6 @@ def create_app(node: Node, settings: Settings) -> Litestar:
         status_code=202,
         sync_to_thread=True,
         summary="Add a node to the cluster",
-        exception_handlers={MembershipError: membership_problem},
     )
     def cluster_join(data: dict[str, Any]) -> dict[str, Any]:
         """Body ``{"node_id": "n4", "url": "http://host:port"}``. The node joins as ``joining``;
@@ -153,7 +151,6 @@ def create_app(node: Node, settings: Settings) -> Litestar:
         status_code=202,
         sync_to_thread=True,
         summary="Remove a node",
-        exception_handlers={MembershipError: membership_problem},
     )
     def cluster_leave(node_id: str) -> dict[str, Any]:
         """The node is marked ``leaving``; its shards are shipped to their new owners, then it is

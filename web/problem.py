@@ -1,7 +1,8 @@
 """RFC 9457 problem details: every error Tributary answers has this one shape.
 
-``{"type", "title", "status", "detail"}`` plus ``row`` / ``field`` for refused batches and
-``missing_shards`` for partial answers. Status codes are chosen here, from each package's own
+``{"type", "title", "status", "detail"}`` plus ``row`` / ``field`` for refused batches,
+``missing_shards`` for partial answers, ``epoch`` for a stale map and ``node_id`` for a peer's
+failure. Status codes are chosen here, from each package's own
 exception types, and nowhere else.
 """
 
@@ -15,7 +16,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.types import Send
 
-from cluster.errors import NotEnoughReplicas, PartialResult
+from cluster.errors import MembershipError, NotEnoughReplicas, NotServing, PartialResult, PeerError, StaleEpoch
 from ingest.errors import (
     BatchRejected,
     IdempotencyConflict,
@@ -42,6 +43,10 @@ _STATUS: dict[type[Exception], tuple[int, str, str]] = {
     Overloaded: (503, "overloaded", "The node is overloaded"),
     NotEnoughReplicas: (503, "not-enough-replicas", "Not enough replicas are reachable"),
     PartialResult: (503, "partial-result", "Some shards have no live replica"),
+    NotServing: (503, "not-serving", "This node is catching up"),
+    StaleEpoch: (409, "stale-epoch", "Routed by an older cluster map"),
+    MembershipError: (409, "membership-conflict", "The membership change is not possible"),
+    PeerError: (502, "peer-error", "A peer node did not answer"),
     SqlNotSplittable: (422, "sql-not-splittable", "The SQL cannot run cluster-wide"),
     SqlNotAllowed: (403, "sql-not-allowed", "The SQL is not allowed in the read-only sandbox"),
     QueryTimeout: (408, "query-timeout", "The query ran past its time limit"),
@@ -89,6 +94,12 @@ def _tributary_error(request: Request[Any, Any, Any], exc: Exception) -> Respons
         extra.update(row=exc.row, field=exc.field)
     if isinstance(exc, Overloaded | NotEnoughReplicas):
         headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+    if isinstance(exc, NotServing):
+        headers = {"Retry-After": "1"}  # catching up takes seconds; another replica may answer now
+    if isinstance(exc, StaleEpoch):
+        extra["epoch"] = exc.epoch  # the caller's writer re-routes by it (cluster/writer.py)
+    if isinstance(exc, PeerError):
+        extra["node_id"] = exc.node_id
     if isinstance(exc, PartialResult):
         extra["missing_shards"] = exc.missing_shards
     detail = getattr(exc, "detail", None) or str(exc)
