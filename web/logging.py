@@ -25,6 +25,7 @@ __all__ = ["REQUEST_ID_HEADER", "RequestLogMiddleware", "configure_logging"]
 REQUEST_ID_HEADER = "x-request-id"
 _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _QUIET_PATHS = ("/health", "/ready", "/metrics")  # probes and scrapes: logged at debug only
+_INTERNAL_PREFIX = "/internal/"  # node-to-node traffic: constant on a cluster, debug only too
 
 
 def configure_logging(fmt: str = "auto", level: int = logging.INFO) -> None:
@@ -82,7 +83,8 @@ class RequestLogMiddleware(ASGIMiddleware):
                 await next_app(scope, receive, send_with_id)
             finally:
                 path: str = scope["path"]
-                emit = self.log.debug if path in _QUIET_PATHS and status < 400 else self.log.info
+                quiet = path in _QUIET_PATHS or path.startswith(_INTERNAL_PREFIX)
+                emit = self.log.debug if quiet and status < 400 else self.log.info
                 client = scope.get("client")
                 emit(
                     "request",

@@ -45,7 +45,12 @@ async def _health() -> dict[str, Any]:
     return {"status": "ok"}
 
 
-APP = Litestar([_ingest, _count, _health], middleware=[RequestLogMiddleware()])
+@get("/internal/status")
+async def _internal_status() -> dict[str, Any]:
+    return {"serving": True}
+
+
+APP = Litestar([_ingest, _count, _health, _internal_status], middleware=[RequestLogMiddleware()])
 
 
 def _call(
@@ -113,3 +118,11 @@ def test_json_format_writes_one_json_object_a_line(capsys: pytest.CaptureFixture
         assert doc["event"] == "hello" and doc["n"] == 1 and doc["level"] == "info" and "timestamp" in doc
     finally:
         structlog.reset_defaults()
+
+
+def test_node_to_node_requests_are_logged_at_debug_not_client_requests(logs: LogCapture) -> None:
+    """``/internal/`` traffic is constant on a cluster: it must not drown the client requests."""
+    _call("GET", "/internal/status", [])
+    _call("GET", "/v1/count", [], query=b"category=c")
+    levels = {(e["path"], e["status"]): e["log_level"] for e in logs.entries if e["event"] == "request"}
+    assert levels == {("/internal/status", 200): "debug", ("/v1/count", 200): "info"}
