@@ -15,7 +15,7 @@ import pytest
 
 from storage.schema import HOUR_NS, MINUTE_NS, ShardHasher
 from tests.eventgen import random_events
-from tests.integration.cluster_support import TestCluster, send
+from tests.integration.cluster_support import TestCluster, poll, send
 from tests.support.process import NodeFactory
 
 pytestmark = pytest.mark.integration
@@ -108,3 +108,30 @@ def test_cluster_sql_answers_like_one_database_from_every_node(node_factory: Nod
     assert 0 < mine["rows"][0][0] < total  # RF=2 of 3: n1 holds about two thirds of the shards
     assert "partial" not in mine
     assert sql(n1.url, "SELECT 1", scope="everywhere").status_code == 400
+
+
+def test_missing_shards_are_reported_and_strict_is_503(node_factory: NodeFactory) -> None:
+    cluster = TestCluster(node_factory, 3, rf=2, args=["--no-fsync"])
+    events = random_events(random.Random(5), 6000, span=HOUR_NS, producers=3000)
+    send(cluster.urls, events)
+    n1, n2, n3 = cluster.nodes.values()
+    replicas = cluster.info(n1)["replicas"]
+    expected = [s for s, r in enumerate(replicas) if set(r) == {"n2", "n3"}]
+    assert expected, "rendezvous hashing gives n2+n3 some shards"
+    n2.kill()
+    n3.kill()
+    query = "SELECT count(*) AS n FROM events"
+    poll(
+        "n1 reports the shards of n2+n3 missing",
+        lambda: sql(n1.url, query).json().get("missing_shards") == expected,
+        30,
+    )
+    body = sql(n1.url, query).json()
+    held = (
+        oracle_db(events)
+        .sql(f"SELECT count(*) FROM events WHERE shard NOT IN ({', '.join(map(str, expected))})")
+        .fetchall()
+    )
+    assert body["partial"] is True and body["rows"] == [list(held[0])]
+    r = sql(n1.url, query, strict=True)
+    assert r.status_code == 503 and r.json()["missing_shards"] == expected
