@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import xxhash
@@ -20,7 +20,7 @@ from litestar.static_files import create_static_files_router
 from cluster.node import Node
 from ingest.decode import decode_events
 from ingest.errors import Overloaded
-from query.engine import Aggregate
+from query.engine import Aggregate, TopEntry
 from query.errors import InvalidQuery
 from query.timerange import parse_range
 from web import assets
@@ -118,7 +118,7 @@ def create_app(node: Node, settings: Settings) -> Litestar:
         s, e = _range(category, start, end)
         ans = node.topk(category, s, e, k, strict=strict)
         return {
-            "producers": [{"producer_id": t.producer_id, "count": t.count} for t in ans.value],
+            "producers": [{"producer_id": t.producer_id, "count": t.count} for t in cast(list[TopEntry], ans.value)],
             "partial": ans.partial,
             "missing_shards": list(ans.missing_shards),
             "took_ms": _took(t0),

@@ -14,7 +14,7 @@ import msgspec
 import structlog
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
-from litestar.types import Send
+from litestar.types import ExceptionHandlersMap, Send
 
 from cluster.errors import MembershipError, NotEnoughReplicas, NotServing, PartialResult, PeerError, StaleEpoch
 from ingest.errors import (
@@ -135,7 +135,7 @@ def _unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Respon
     )
 
 
-def problem_handlers() -> dict[type[Exception], Any]:
+def problem_handlers() -> ExceptionHandlersMap:
     return {
         TributaryError: _tributary_error,
         HTTPException: _http_error,

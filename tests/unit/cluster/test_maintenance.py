@@ -79,7 +79,7 @@ def test_a_persist_completes_while_a_compaction_is_held_up(tmp_path: Path) -> No
             assert time.monotonic() < deadline, "the held compaction did not commit"
             time.sleep(0.01)
         assert sorted(p.rows for p in node.manifest.state.parts) == [300, 800]
-        assert node.aggregate("c0", 0, now + HOUR_NS).value.count == _c0(batches)  # type: ignore[attr-defined]
+        assert node.aggregate("c0", 0, now + HOUR_NS).value.count == _c0(batches)
     finally:
         held.release.set()
         node.close()
