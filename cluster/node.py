@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,14 +25,14 @@ from typing import Any
 
 import pyarrow as pa
 import structlog
-import xxhash
 
 from cluster.answers import Answer, Answers
 from cluster.detector import Detector, DetectorConfig
-from cluster.errors import MembershipError, PeerError, StaleEpoch
+from cluster.errors import StaleEpoch
 from cluster.hints import HintStore
 from cluster.holdings import BatchesExtra, Holdings
 from cluster.maintenance import Maintenance
+from cluster.mapkeeper import MapKeeper, initial_map, map_id
 from cluster.membership import ClusterMap, Member
 from cluster.peers import PeerClient, PeerConfig
 from cluster.reader import Reader
@@ -98,11 +97,6 @@ class NodeConfig:
     compact_every_s: float = 30.0
 
 
-def _map_id(cmap: ClusterMap) -> int:
-    """Orders maps of one epoch made concurrently on two nodes, so all nodes pick the same."""
-    return xxhash.xxh64_intdigest(repr(cmap.to_json()).encode()) >> 1
-
-
 class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
@@ -160,21 +154,24 @@ class Node:
 
     def _build_cluster(self, config: NodeConfig) -> None:
         cc = config.cluster
-        self._map_lock = threading.Lock()
-        self.cmap = self._initial_map(cc)
-        self._serving = self.cmap.is_single(self.me)
+        cmap = initial_map(self.me, config.data_dir, config.shards, cc.peers, cc.rf, cc.url)
+        self._serving = cmap.is_single(self.me)
         self.hints = HintStore(config.data_dir)
-        self.peers = PeerClient(cc.peer, self._url_of)
+        self.peers = PeerClient(cc.peer, lambda node_id: self.cmap.url_of(node_id))
         self.pool = ThreadPoolExecutor(cc.pool_threads, thread_name_prefix="cluster")
+        self.maps = MapKeeper(
+            self.me, config.data_dir, cmap, self.peers, self.pool,
+            lambda node_id: self.detector.is_up(node_id), lambda: self.upkeep.repair_soon(),
+        )  # fmt: skip
         self.detector = Detector(
-            self.me, self.peers, lambda: self.cmap.members, cc.detector, self._on_peer_health, self._on_stall
+            self.me, self.peers, lambda: self.cmap.members, cc.detector, self.maps.exchange, self._on_stall
         )
         self.writer = Writer(
             self.me, lambda: self.cmap, self.store_rows, self.peers, self.detector, self.hints, self.pool
         )
         self.reader = Reader(
             self.me, lambda: self.cmap, self.peers, self.detector, self.pool, lambda: self.serving,
-            cc.read_timeout_s, self._on_stale, self.hints.count_for,
+            cc.read_timeout_s, self.maps.on_stale, self.hints.count_for,
         )  # fmt: skip
         self.answers = Answers(
             self.me, lambda: self.cmap, lambda: self.serving, self.engine, self.approx, self.reader, self.sandbox,
@@ -194,24 +191,10 @@ class Node:
         if not self._serving:
             self.upkeep.catch_up_async("start")
 
-    def _initial_map(self, cc: ClusterConfig) -> ClusterMap:
-        if cc.peers:
-            if not any(m.node_id == self.me for m in cc.peers):
-                raise MembershipError(f"--peers does not name this node ({self.me})")
-            given = ClusterMap(1, cc.rf, self.config.shards, tuple(sorted(cc.peers, key=lambda m: m.node_id)))
-        else:  # a cluster of one at epoch 0: any real map pushed to it wins
-            given = ClusterMap(0, cc.rf, self.config.shards, (Member(self.me, cc.url),))
-        stored = ClusterMap.load(self.config.data_dir)
-        if stored is not None and stored.shards != self.config.shards:
-            raise MembershipError(
-                f"the data directory belongs to a cluster of {stored.shards} shards, not {self.config.shards}"
-            )
-        cmap = stored if stored is not None and stored.epoch >= given.epoch else given
-        cmap.save(self.config.data_dir)
-        return cmap
-
-    def _url_of(self, node_id: str) -> str:
-        return self.cmap.url_of(node_id)
+    @property
+    def cmap(self) -> ClusterMap:
+        """The cluster map this node routes by (see ``cluster.mapkeeper``)."""
+        return self.maps.cmap
 
     @property
     def serving(self) -> bool:
@@ -223,47 +206,11 @@ class Node:
 
     def adopt(self, cmap: ClusterMap) -> bool:
         """Take ``cmap`` if it is newer than ours (higher epoch; same epoch: higher map id)."""
-        if cmap.shards != self.config.shards:
-            log.error("refusing a cluster map with another shard count", shards=cmap.shards)
-            return False
-        with self._map_lock:
-            cur = self.cmap
-            if (cmap.epoch, _map_id(cmap)) <= (cur.epoch, _map_id(cur)):
-                return False
-            cmap.save(self.config.data_dir)
-            self.cmap = cmap
-        log.info("cluster map adopted", epoch=cmap.epoch, nodes=[(m.node_id, m.state) for m in cmap.members])
-        self.upkeep.repair_soon()
-        return True
+        return self.maps.adopt(cmap)
 
     def publish(self, cmap: ClusterMap) -> None:
-        """Adopt ``cmap`` and push it to every node of the old and the new map (best effort:
-        nodes that miss it learn it from the epoch in the next probe)."""
-        old = self.cmap
-        self.adopt(cmap)
-        urls = {m.node_id: m.url for m in (*old.members, *cmap.members) if m.node_id != self.me}
-        body = cmap.to_json()
-        futures = [self.pool.submit(self.peers.push_map, n, body, url) for n, url in urls.items()]
-        for f in futures:
-            try:
-                f.result()
-            except PeerError as e:
-                log.info("map push failed; gossip will carry it", error=str(e)[:200])
-
-    def _on_peer_health(self, peer: str, body: dict[str, Any]) -> None:
-        theirs = (int(body.get("epoch", 0) or 0), int(body.get("map_id", 0) or 0))
-        cur = self.cmap
-        mine = (cur.epoch, _map_id(cur))
-        try:
-            if theirs > mine:
-                self.adopt(ClusterMap.from_json(self.peers.get_map(peer)))
-            elif theirs < mine:
-                self.peers.push_map(peer, cur.to_json())
-        except (PeerError, MembershipError) as e:
-            log.info("map exchange failed", peer=peer, error=str(e)[:200])
-
-    def _on_stale(self, peer: str) -> None:
-        self._on_peer_health(peer, {"epoch": 1 << 62})
+        """Adopt ``cmap`` and push it to every node of the old and the new map (best effort)."""
+        self.maps.publish(cmap)
 
     def _on_stall(self, gap_s: float) -> None:
         if not self.cmap.is_single(self.me):
@@ -324,12 +271,7 @@ class Node:
 
     def refresh_map(self) -> None:
         """Ask every up peer for its map and adopt the newest."""
-        for m in self.cmap.members:
-            if m.node_id != self.me and self.detector.is_up(m.node_id):
-                try:
-                    self.adopt(ClusterMap.from_json(self.peers.get_map(m.node_id)))
-                except (PeerError, MembershipError):
-                    continue
+        self.maps.refresh()
 
     # -- reads (answered by ``cluster.answers``) -----------------------------------------------
 
@@ -427,7 +369,7 @@ class Node:
             "status": "ok",
             "node_id": self.me,
             "epoch": self.cmap.epoch,
-            "map_id": _map_id(self.cmap),
+            "map_id": map_id(self.cmap),
             "serving": self.serving,
         }
 
