@@ -20,6 +20,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+
 from ingest.errors import WalCorrupt
 
 __all__ = ["Wal", "WalConfig", "WalRecord"]
@@ -60,6 +62,7 @@ class Wal:
         self._segments = self._list_segments()
         self._seq = 0
         self._fh: object = None
+        self._io = threading.Lock()  # the active segment: held while writing it or deleting it
         self._thread: threading.Thread | None = None
         self.fsyncs = 0  # group commits done (one fsync each when fsync is on)
         self.fsync_seconds = 0.0  # time spent in write + fsync over all group commits
@@ -131,9 +134,10 @@ class Wal:
 
         fsync_dir(self.dir)
 
-    def append(self, payload: bytes, context: object = None) -> Future[int]:
-        """Queue a record; the future resolves with its sequence number once it is fsynced and
-        ``on_durable(seq, context)`` has run."""
+    def append(self, payload: bytes | pa.Buffer, context: object = None) -> Future[int]:
+        """Queue a record (any bytes-like payload, written without copying); the future
+        resolves with its sequence number once it is fsynced and ``on_durable(seq, context)``
+        has run."""
         fut: Future[int] = Future()
         with self._cond:
             if self._closed:
@@ -157,24 +161,26 @@ class Wal:
                 batch, self._queue = self._queue, []
                 roll, self._roll_requested = self._roll_requested, False
             try:
-                if roll or self._seg_bytes >= self.config.segment_bytes:
-                    self._open_new_segment()
-                seqs = []
-                chunks = []
-                for payload, _, _ in batch:
-                    self._seq += 1
-                    seqs.append(self._seq)
-                    chunks.append(_HEADER.pack(_MAGIC, len(payload), self._seq, zlib.crc32(payload)))
-                    chunks.append(payload)
-                fh = self._fh
-                t0 = time.perf_counter()
-                fh.write(b"".join(chunks))  # type: ignore[attr-defined]
-                fh.flush()  # type: ignore[attr-defined]
-                if self.config.fsync:
-                    os.fdatasync(fh.fileno())  # type: ignore[attr-defined]
-                self.fsync_seconds += time.perf_counter() - t0
-                self.fsyncs += 1
-                self._seg_bytes += sum(len(c) for c in chunks)
+                with self._io:
+                    if roll or self._fh is None or self._seg_bytes >= self.config.segment_bytes:
+                        self._open_new_segment()
+                    seqs = []
+                    chunks: list[bytes | memoryview] = []
+                    for payload, _, _ in batch:
+                        self._seq += 1
+                        seqs.append(self._seq)
+                        view = memoryview(payload)
+                        chunks.append(_HEADER.pack(_MAGIC, view.nbytes, self._seq, zlib.crc32(view)))
+                        chunks.append(view)
+                    fh = self._fh
+                    t0 = time.perf_counter()
+                    fh.writelines(chunks)  # type: ignore[attr-defined]  # no join: payloads are MBs
+                    fh.flush()  # type: ignore[attr-defined]
+                    if self.config.fsync:
+                        os.fdatasync(fh.fileno())  # type: ignore[attr-defined]
+                    self.fsync_seconds += time.perf_counter() - t0
+                    self.fsyncs += 1
+                    self._seg_bytes += sum(memoryview(c).nbytes for c in chunks)
             except BaseException as e:  # the disk failed: nobody in this group is acknowledged
                 for _, _, fut in batch:
                     fut.set_exception(e)
@@ -188,7 +194,12 @@ class Wal:
                     fut.set_exception(e)
 
     def drop_through(self, seq: int) -> int:
-        """Delete whole segments whose records all have ``seq`` or lower; returns how many."""
+        """Delete whole segments whose records all have ``seq`` or lower; returns how many.
+
+        The active segment goes too when every record written so far is at or below ``seq``
+        (the next record opens a new one): otherwise an idle node would keep its last persisted
+        segment on disk for good.
+        """
         dropped = 0
         segs = self._list_segments()
         for seg, nxt in itertools.pairwise(segs):
@@ -198,6 +209,16 @@ class Wal:
                 dropped += 1
             else:
                 break
+        with self._io:
+            with self._cond:
+                idle = not self._queue
+            if idle and self._fh is not None and self._seq <= seq:
+                self._fh.close()  # type: ignore[attr-defined]
+                self._fh = None
+                active = self._segments[-1] if self._segments else None
+                if active is not None and active.exists():
+                    active.unlink()
+                    dropped += 1
         self._segments = self._list_segments()
         return dropped
 

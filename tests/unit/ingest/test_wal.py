@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from ingest.errors import WalCorrupt
@@ -101,10 +102,25 @@ def test_drop_through_keeps_segments_with_later_records(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("*.wal"))) == 3
     assert wal.drop_through(1) == 0  # segment 1 also holds seq 2
     assert wal.drop_through(2) == 1
-    assert wal.drop_through(4) == 1  # the newest segment is never dropped
+    assert wal.drop_through(3) == 1  # the newest segment stays while it holds seq 4
+    assert len(list(tmp_path.glob("*.wal"))) == 1
     wal.close()
     assert [r.payload for r in Wal(tmp_path).replay(after_seq=4)] == []
-    assert len(list(tmp_path.glob("*.wal"))) == 1
+
+
+def test_a_fully_persisted_log_leaves_no_segment_and_goes_on(tmp_path: Path) -> None:
+    """Once every record written is persisted, the active segment is deleted too (an idle node
+    keeps no dead log on disk); the next record opens a new segment and survives a reopen."""
+    wal = _write(tmp_path, [b"1", b"2"])
+    assert wal.drop_through(2) == 1
+    assert list(tmp_path.glob("*.wal")) == []
+    assert wal.append(pa.py_buffer(b"three")).result(timeout=10) == 3  # an Arrow buffer, not copied
+    wal.close()
+    reopened = Wal(tmp_path)
+    assert [(r.seq, r.payload) for r in reopened.replay(after_seq=2)] == [(3, b"three")]
+    reopened.start()
+    assert reopened.append(b"4").result(timeout=10) == 4
+    reopened.close()
 
 
 def test_segments_roll_by_size(tmp_path: Path) -> None:
