@@ -17,6 +17,7 @@ from ingest.buffer import Generation, LiveBuffer
 from ingest.idempotency import IdempotencyIndex, KeyRecord
 from ingest.wal import Wal
 from storage.manifest import Manifest
+from storage.memory import release_memory
 from storage.partition import PartitionStore
 
 __all__ = ["PersistConfig", "Persister"]
@@ -62,12 +63,15 @@ class Persister:
         """Persist every frozen generation and then the active one; returns rows persisted."""
         with self._lock:
             n = 0
-            for g in self.buffer.frozen():  # left over from a failed attempt: oldest first
-                n += self._persist(g)
-            g2 = self.buffer.freeze()
-            if g2 is not None:
+            for old in self.buffer.frozen():  # left over from a failed attempt: oldest first
+                n += self._persist(old)
+            g = self.buffer.freeze()
+            if g is not None:
                 self.wal.roll()
-                n += self._persist(g2)
+                n += self._persist(g)
+            del g  # the persisted rows are gone from the buffer: give their memory back
+            if n:
+                release_memory()
             return n
 
     def _persist(self, g: Generation) -> int:
