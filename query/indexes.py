@@ -27,6 +27,7 @@ from query.rollup_cache import CacheConfig, PartIndex, RollupCache, TopList, Unu
 from query.timerange import ceil_to, floor_to
 from query.topk import count_ids, merge_heads, top_of
 from storage.manifest import Manifest, ManifestState, Part
+from storage.memory import release_memory
 from storage.schema import HOUR_NS, MINUTE_NS
 
 __all__ = ["IndexConfig", "PartIndexes"]
@@ -79,14 +80,17 @@ class PartIndexes:
         for part in self.cache.retain(state.parts):
             self.reader.forget({part.path(self.cache.root, kind) for kind in part.files})
         budget = self.cache.config.max_bytes * 3 // 4
+        loads = self.cache.loads
         for part in sorted(state.parts, key=lambda p: (p.hour, p.id), reverse=True):
             if self._stop.is_set() or self.cache.nbytes > budget:
-                return
+                break
             try:
                 self.cache.index(part)
                 self.cache.top(part)
             except (UnusableIndex, OSError):
                 continue  # answered by DuckDB; a part deleted meanwhile is simply skipped
+        if self.cache.loads != loads:
+            release_memory()  # loading reads whole rollup files; keep only the small indexes
 
     def _warm_loop(self) -> None:
         while not self._stop.is_set():

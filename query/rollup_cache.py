@@ -150,9 +150,11 @@ def load_index(part: Part, root: Path, reader: PartReader) -> PartIndex:
     kv = meta.metadata or {}
     if kv.get(EVENTS_SORT_KEY) != EVENTS_SORTED_BY:
         raise UnusableIndex(f"{events} is not sorted by (category, timestamp)")
-    table = pq.read_table(part.path(root, "rollup_minute"), columns=["category", "shard", "minute", "count", "sum"])
+    table = pq.ParquetFile(part.path(root, "rollup_minute")).read(
+        columns=["category", "shard", "minute", "count", "sum"], use_threads=False
+    )
     shards = np.unique(table.column("shard").to_numpy())
-    cells = table.group_by(["category", "minute"]).aggregate([("count", "sum"), ("sum", "sum")])
+    cells = table.group_by(["category", "minute"], use_threads=False).aggregate([("count", "sum"), ("sum", "sum")])
     ranks, names = string_ranks(cells.column("category"))
     minutes = cells.column("minute").to_numpy()
     order = lex_order(ranks, minutes) if len(minutes) else np.zeros(0, dtype=np.int64)
@@ -181,7 +183,9 @@ def load_index(part: Part, root: Path, reader: PartReader) -> PartIndex:
 
 
 def load_top(part: Part, root: Path, top_n: int) -> PartTop:
-    table = pq.read_table(part.path(root, "rollup_producer"), columns=["category", "shard", "producer_id", "count"])
+    table = pq.ParquetFile(part.path(root, "rollup_producer")).read(
+        columns=["category", "shard", "producer_id", "count"], use_threads=False
+    )
     counts = table.column("count").to_numpy()
     ranks, names = string_ranks(table.column("category"))
     if len(counts) == 0:
