@@ -79,25 +79,36 @@ class PartReader:
                 self._files.popitem(last=False)
         return f
 
-    def _group(self, path: str, meta: pq.FileMetaData, group: int, names: tuple[str, ...]) -> pa.Table:
-        key = (path, group, names)
+    def _groups_of(
+        self, path: str, meta: pq.FileMetaData, starts: npt.NDArray[Any], groups: range, names: tuple[str, ...]
+    ) -> list[pa.Table]:
+        """The row groups ``groups`` of the file: cached ones from the cache, the others in one
+        read (a read costs a fixed ~0.1 ms besides the decoding)."""
+        found: dict[int, pa.Table] = {}
         with self._lock:
-            hit = self._groups.get(key)
-            if hit is not None:
-                self._groups.move_to_end(key)
-                return hit
-        f = self._file(path, meta)
-        with f.lock:  # small reads: the thread pool costs more than it saves
-            table = f.reader.read_row_group(group, columns=list(names), use_threads=False)
-        with self._lock:
-            self.group_reads += 1
-            if key not in self._groups:
-                self._groups[key] = table
-                self._bytes += table.nbytes
+            for g in groups:
+                hit = self._groups.get((path, g, names))
+                if hit is not None:
+                    self._groups.move_to_end((path, g, names))
+                    found[g] = hit
+        missing = [g for g in groups if g not in found]
+        if missing:
+            f = self._file(path, meta)
+            with f.lock:  # small reads: the thread pool costs more than it saves
+                table = f.reader.read_row_groups(missing, columns=list(names), use_threads=False)
+            offset = 0
+            with self._lock:
+                self.group_reads += len(missing)
+                for g in missing:
+                    n = int(starts[g + 1] - starts[g])
+                    piece = found[g] = table.slice(offset, n)
+                    offset += n
+                    self._groups[(path, g, names)] = piece
+                    self._bytes += piece.nbytes
                 while self._bytes > self.config.cache_bytes and self._groups:
                     _, old = self._groups.popitem(last=False)
                     self._bytes -= old.nbytes
-        return table
+        return [found[g] for g in groups]
 
     def columns(self, path: str, first: int, stop: int, names: list[str]) -> dict[str, pa.Array]:
         """Rows ``[first, stop)`` of the file, one array per column name."""
@@ -109,7 +120,7 @@ class PartReader:
             return {n: pa.array([], schema.field(n).type) for n in names}
         g0 = int(np.searchsorted(starts, first, side="right")) - 1
         g1 = int(np.searchsorted(starts, stop, side="left"))
-        pieces = [self._group(path, meta, g, tuple(names)) for g in range(g0, g1)]
+        pieces = self._groups_of(path, meta, starts, range(g0, g1), tuple(names))
         table = (pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]).slice(
             first - int(starts[g0]), stop - first
         )

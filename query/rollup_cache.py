@@ -111,6 +111,12 @@ class PartIndex:
         i, j = np.searchsorted(ts, [a, b])
         return int(j - i), exact_sum(cols["value"].to_numpy()[i:j])
 
+    def rows_in(self, category: str, start: int, end: int) -> int:
+        """Rows of ``category`` in the whole minutes ``[start, end)`` touches (an estimate of
+        the rows in range: exact up to the two partial minutes)."""
+        first, stop = self.row_range(category, start, end)
+        return stop - first
+
     def row_range(self, category: str, start: int, end: int) -> tuple[int, int]:
         """The rows of ``category`` in the whole minutes that ``[start, end)`` touches: a
         superset of the rows in range, to be filtered by timestamp."""

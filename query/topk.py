@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from query.rollup_cache import TopList
 
-__all__ = ["COUNTS_SCHEMA", "count_ids", "merge_heads", "top_of"]
+__all__ = ["COUNTS_SCHEMA", "count_ids", "merge_heads", "sum_by_id", "top_of"]
 
 COUNTS_SCHEMA = pa.schema([("producer_id", pa.string()), ("count", pa.int64())])
 
@@ -39,13 +39,41 @@ def count_ids(ids: Sequence[pa.Array]) -> pa.Table:
     return pa.table([counts.field("values"), counts.field("counts")], schema=COUNTS_SCHEMA)
 
 
+def sum_by_id(ids: pa.Array | pa.ChunkedArray, *columns: npt.NDArray[Any]) -> tuple[pa.Array, list[npt.NDArray[Any]]]:
+    """The distinct ids and, for each column, its sum per id. A hash (dictionary encoding) and
+    a ``bincount`` per column: several times cheaper than an Arrow group-by for the few
+    thousand rows of a top-k. The sums go through float64, exact for counts below 2**53."""
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks() if ids.num_chunks != 1 else ids.chunk(0)
+    encoded = ids.dictionary_encode()
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    n = len(encoded.dictionary)
+    sums = [np.bincount(codes, weights=c, minlength=n).astype(np.int64) for c in columns]
+    return encoded.dictionary, sums
+
+
+def _first_k(ids: pa.Array, counts: npt.NDArray[Any], k: int) -> npt.NDArray[Any]:
+    """Positions of the first ``k`` by count desc, then id asc: the k-th count is found with a
+    partition, and only the rows at or above it (ties included) are sorted."""
+    if len(counts) > 4 * k:
+        kth = np.partition(counts, len(counts) - k)[len(counts) - k]
+        near = np.flatnonzero(counts >= kth)
+    else:
+        near = np.arange(len(counts))
+    table = pa.table({"id": ids.take(pa.array(near)), "count": counts[near]})
+    order = pc.sort_indices(table, [("count", "descending"), ("id", "ascending")]).to_numpy()
+    chosen: npt.NDArray[Any] = near[order[:k]]
+    return chosen
+
+
 def top_of(counts: pa.Table, k: int) -> list[tuple[str, int]]:
     """The first ``k`` of exact ``(producer_id, count)`` rows: count desc, then producer_id asc."""
     if counts.num_rows == 0:
         return []
-    order = pc.sort_indices(counts, [("count", "descending"), ("producer_id", "ascending")])
-    top = counts.take(order[:k])
-    return list(zip(top.column(0).to_pylist(), top.column(1).to_pylist(), strict=True))
+    ids = counts.column("producer_id").combine_chunks()
+    values = counts.column("count").to_numpy()
+    chosen = _first_k(ids, values, k)
+    return list(zip(ids.take(pa.array(chosen)).to_pylist(), values[chosen].tolist(), strict=True))
 
 
 def merge_heads(
@@ -57,47 +85,50 @@ def merge_heads(
     ``shards``, when given, limits the answer to producers of those shards.
     """
     unknown = sum(h.threshold for h in heads)  # the most any unlisted producer can have
-    ids: list[pa.Array] = [exact.column("producer_id").combine_chunks()]
+    id_arrays: list[pa.Array] = [exact.column("producer_id").combine_chunks()]
     low: list[npt.NDArray[Any]] = [exact.column("count").to_numpy()]
     known: list[npt.NDArray[Any]] = [np.zeros(exact.num_rows, dtype=np.int64)]
     for h in heads:
         if shards is None:
-            ids.append(h.ids)
+            id_arrays.append(h.ids)
             low.append(h.counts)
             n = len(h.counts)
         else:
             keep = np.isin(h.shards, shards)
-            ids.append(h.ids.filter(pa.array(keep)))
+            id_arrays.append(h.ids.filter(pa.array(keep)))
             low.append(h.counts[keep])
             n = int(keep.sum())
         known.append(np.full(n, h.threshold, dtype=np.int64))
     table = pa.table(
         {
-            "producer_id": pa.chunked_array(ids, pa.string()),
+            "producer_id": pa.chunked_array(id_arrays, pa.string()),
             "low": np.concatenate(low).astype(np.int64),
             "known": np.concatenate(known),
         }
     )
     if table.num_rows == 0:
         return [] if unknown == 0 else None
-    grouped = table.group_by("producer_id").aggregate([("low", "sum"), ("known", "sum")])
-    grouped = grouped.rename_columns(["producer_id", "count", "known"])
-    order = pc.sort_indices(grouped, [("count", "descending"), ("producer_id", "ascending")]).to_numpy()
-    lows = grouped.column("count").to_numpy()[order]
-    highs = lows + (unknown - grouped.column("known").to_numpy()[order])
-    if len(order) < k:
-        if unknown:  # producers nobody listed may exist and belong in the answer
+    ids, (lows, known_sums) = sum_by_id(
+        table.column("producer_id"), table.column("low").to_numpy(), table.column("known").to_numpy()
+    )
+    highs = lows + (unknown - known_sums)
+    # Only producers with a positive count can be in the answer (``exact`` may hold negative
+    # counts: rows subtracted from a whole part's head, see PartIndexes.topk).
+    positive = np.flatnonzero(lows > 0)
+    chosen = positive[_first_k(ids.take(pa.array(positive)), lows[positive], k)]
+    if not np.array_equal(lows[chosen], highs[chosen]):
+        return None  # a member's count is not fully known
+    rest = np.ones(len(lows), dtype=bool)
+    rest[chosen] = False
+    uncertain = highs[rest & (highs > lows)]
+    if len(chosen) < k:
+        # A short answer: nobody else may have a positive count.
+        if unknown > 0 or (len(uncertain) and int(uncertain.max()) > 0):
             return None
-        chosen = order
     else:
-        chosen = order[:k]
-        kth = int(lows[k - 1])
-        if not np.array_equal(lows[:k], highs[:k]):
-            return None  # a member's count is not fully known
-        rest_uncertain = highs[k:][highs[k:] > lows[k:]]
-        if len(rest_uncertain) and int(rest_uncertain.max()) >= kth:
+        kth = int(lows[chosen[-1]])
+        if len(uncertain) and int(uncertain.max()) >= kth:
             return None  # someone below could reach the k-th count
         if unknown >= kth:
             return None  # a producer listed nowhere could reach it
-    top = grouped.take(pa.array(chosen))
-    return list(zip(top.column("producer_id").to_pylist(), top.column("count").to_pylist(), strict=True))
+    return list(zip(ids.take(pa.array(chosen)).to_pylist(), lows[chosen].tolist(), strict=True))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -117,3 +118,27 @@ def test_a_producer_listed_nowhere_can_still_tie_the_answer() -> None:
     ]
     assert merge_heads(heads, count_ids([]), 1) is None
     assert merge_heads(heads, count_ids([pa.array(["b"])]), 1) == [("b", 7)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 2**32), parts=st.integers(1, 4), top_n=st.integers(1, 10), k=st.integers(1, 6))
+def test_heads_minus_rows_outside_the_range_are_exact(seed: int, parts: int, top_n: int, k: int) -> None:
+    """A part mostly inside the range contributes its head minus the exact counts of its rows
+    outside the range (negative counts in ``exact``); answers must still be exact, and never
+    name a producer whose count in range is zero."""
+    rng = random.Random(seed)
+    producers = [f"p{i:02d}" for i in range(rng.randrange(1, 30))]
+    shard_of = dict.fromkeys(producers, 0)
+
+    def draw(n: int) -> list[str]:
+        return [producers[min(int(rng.paretovariate(1.1)) - 1, len(producers) - 1)] for _ in range(n)]
+
+    rows = [draw(rng.randrange(0, 200)) for _ in range(parts)]
+    outside = [r[: rng.randrange(0, len(r) + 1)] for r in rows]  # a prefix: the rows before the range
+    heads = [head(Counter(r), top_n, shard_of, rng) for r in rows]
+    minus = count_ids([pa.array(o, pa.string()) for o in outside])
+    exact = minus.set_column(1, "count", pc.negate(minus.column("count")))
+    truth = [Counter(r[len(o) :]) for r, o in zip(rows, outside, strict=True)]
+    got = merge_heads(heads, exact, k)
+    if got is not None:
+        assert got == brute(truth, Counter(), k, None, shard_of)
