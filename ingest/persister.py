@@ -76,7 +76,7 @@ class Persister:
 
     def _persist(self, g: Generation) -> int:
         t0 = time.perf_counter()
-        parts = self.store.write(g.table())
+        parts = self.store.write(g.table(), g.by_category())
         self.keys.persist(r for r in g.records if isinstance(r, KeyRecord))
         self.buffer.release(g, lambda: self.manifest.commit(add=parts, wal_seq=g.last_seq))
         self.wal.drop_through(g.last_seq)

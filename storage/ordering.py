@@ -66,18 +66,33 @@ def lex_order(*keys: Ints) -> Ints:
     return np.lexsort(tuple(k.astype(np.int64, copy=False) for k in reversed(keys)))
 
 
-def time_category_order(rows: pa.Table) -> tuple[Ints, list[tuple[int, int, int]]]:
+def _hour_runs(sorted_hours: Ints) -> list[tuple[int, int, int]]:
+    starts = np.flatnonzero(np.diff(sorted_hours)) + 1
+    firsts = np.concatenate(([0], starts))
+    counts = np.diff(np.concatenate((firsts, [len(sorted_hours)])))
+    return [(int(sorted_hours[f]) * HOUR_NS, int(f), int(c)) for f, c in zip(firsts, counts, strict=True)]
+
+
+def time_category_order(rows: pa.Table, by_category: Ints | None = None) -> tuple[Ints, list[tuple[int, int, int]]]:
     """The order that sorts STORED_SCHEMA rows by (hour, category, timestamp), and the hours as
-    ``(hour_ns, first, count)`` runs of that order."""
+    ``(hour_ns, first, count)`` runs of that order.
+
+    ``by_category``, when the caller has it, is the order by (category, timestamp) alone (the
+    live buffer keeps one per run): a stable sort by hour then finishes the job in linear time
+    instead of a full sort.
+    """
     ts = rows.column("timestamp").to_numpy()
     if len(ts) == 0:
         return np.zeros(0, dtype=np.int64), []
+    if by_category is not None:
+        hours = ts[by_category] // HOUR_NS
+        rel = hours - hours.min()
+        # numpy's stable sort is a radix sort for 16-bit keys: linear, and it keeps the
+        # (category, timestamp) order inside each hour.
+        keys = rel.astype(np.uint16) if rel.max() < 1 << 16 else rel
+        by_hour = np.argsort(keys, kind="stable")
+        return by_category[by_hour], _hour_runs(hours[by_hour])
     hours = ts // HOUR_NS
     cats, _ = string_ranks(rows.column("category"))
     order = lex_order(hours, cats, ts - hours * HOUR_NS)  # ns within the hour: 42 bits at most
-    sorted_hours = hours[order]
-    starts = np.flatnonzero(np.diff(sorted_hours)) + 1
-    firsts = np.concatenate(([0], starts))
-    counts = np.diff(np.concatenate((firsts, [len(ts)])))
-    runs = [(int(sorted_hours[f]) * HOUR_NS, int(f), int(c)) for f, c in zip(firsts, counts, strict=True)]
-    return order, runs
+    return order, _hour_runs(hours[order])

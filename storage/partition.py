@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import duckdb
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -74,14 +75,17 @@ class PartExtra(Protocol):
     def merge(self, con: duckdb.DuckDBPyConnection, paths: Sequence[str], path: str) -> None: ...
 
 
-def sort_rows(rows: pa.Table) -> list[tuple[int, pa.Table]]:
-    """STORED_SCHEMA rows as ``(hour_ns, rows of that hour sorted by (category, timestamp))``."""
-    order, hours = time_category_order(rows)
+def sort_rows(rows: pa.Table, by_category: Ints | None = None) -> list[tuple[int, pa.Table]]:
+    """STORED_SCHEMA rows as ``(hour_ns, rows of that hour sorted by (category, timestamp))``;
+    ``by_category`` is the rows' order by (category, timestamp) when the caller knows it."""
+    order, hours = time_category_order(rows, by_category)
     if not hours:
         return []
     ordered = rows.take(pa.array(order)).combine_chunks()
     return [(hour, ordered.slice(first, n)) for hour, first, n in hours]
 
+
+Ints = npt.NDArray[Any]
 
 _EVENTS_OPTIONS: dict[str, Any] = {
     "use_dictionary": ["category", "producer_id", "shard", "batch_id", "value"],
@@ -159,8 +163,10 @@ class PartitionStore:
             os.fsync(f.fileno())
         os.replace(tmp, self.root / rel)
 
-    def write(self, rows: pa.Table) -> list[Part]:
-        """Write ``rows`` (STORED_SCHEMA, any hours) as one new part per hour they touch.
+    def write(self, rows: pa.Table, by_category: Ints | None = None) -> list[Part]:
+        """Write ``rows`` (STORED_SCHEMA, any hours) as one new part per hour they touch;
+        ``by_category``, when given, is the positions of ``rows`` sorted by (category,
+        timestamp), which saves the sort.
 
         Returns the parts once every file is durable; the caller commits them to the manifest.
         """
@@ -168,7 +174,7 @@ class PartitionStore:
             return []
         rows = rows.select(STORED_SCHEMA.names).cast(STORED_SCHEMA)
         with self._lock:
-            return [self._write_part(hour, part_rows) for hour, part_rows in sort_rows(rows)]
+            return [self._write_part(hour, part_rows) for hour, part_rows in sort_rows(rows, by_category)]
 
     def _write_part(self, hour: int, rows: pa.Table) -> Part:
         """One part from the rows of one hour, already sorted by (category, timestamp)."""

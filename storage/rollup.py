@@ -112,7 +112,8 @@ def _aggregate(table: pa.Table, keys: list[str]) -> pa.Table:
     values = table.column("value")
     if not int64_sums_are_exact(values.to_numpy()):
         table = table.set_column(table.schema.get_field_index("value"), "value", values.cast(SUM_ARROW))
-    out = table.group_by(keys).aggregate([("value", "count"), ("value", "sum")])
+    # One thread: groups come out in first-seen order, so equal inputs give equal files.
+    out = table.group_by(keys, use_threads=False).aggregate([("value", "count"), ("value", "sum")])
     return out.rename_columns([*keys, "count", "sum"])
 
 
@@ -130,8 +131,49 @@ def _sorted(table: pa.Table, keys: list[str], schema: pa.Schema) -> pa.Table:
     return table.select(schema.names).cast(schema).combine_chunks()
 
 
+# Dense (category, shard, minute) grids up to this many cells are counted with bincount.
+_DENSE_CELLS = 1 << 23
+_FLOAT_EXACT = float(1 << 52)  # float64 sums of integers are exact while they stay below 2**53
+
+
+def _dense_minute_rollup(rows: pa.Table) -> pa.Table | None:
+    """The minute rollup by counting into a dense (category, shard, minute) grid: two
+    ``bincount`` passes and no hashing, or None when the grid would be too big or a float64
+    sum could be inexact."""
+    ts = rows.column("timestamp").to_numpy()
+    values = rows.column("value").to_numpy()
+    if len(ts) == 0 or np.abs(values.astype(np.float64)).sum() >= _FLOAT_EXACT:
+        return None
+    minutes = ts // MINUTE_NS
+    first = int(minutes.min())
+    n_minutes = int(minutes.max()) - first + 1
+    shards = rows.column("shard").to_numpy().astype(np.int64)
+    n_shards = int(shards.max()) + 1
+    ranks, categories = string_ranks(rows.column("category"))
+    cells = len(categories) * n_shards * n_minutes
+    if cells > _DENSE_CELLS:
+        return None
+    key = (ranks * n_shards + shards) * n_minutes + (minutes - first)
+    counts = np.bincount(key, minlength=cells)
+    sums = np.bincount(key, weights=values, minlength=cells)
+    cell = np.flatnonzero(counts)
+    return pa.table(
+        {
+            "category": categories.take(pa.array(cell // (n_shards * n_minutes))),
+            "shard": pa.array((cell // n_minutes % n_shards).astype(np.uint16)),
+            "minute": pa.array((cell % n_minutes + first) * MINUTE_NS),
+            "count": pa.array(counts[cell].astype(np.int64)),
+            "sum": pa.array(sums[cell].astype(np.int64)).cast(SUM_ARROW),
+        },
+        schema=MINUTE_ROLLUP_SCHEMA,
+    )
+
+
 def minute_rollup(rows: pa.Table) -> pa.Table:
     """(category, shard, minute) -> count, sum of STORED_SCHEMA rows, sorted by those keys."""
+    dense = _dense_minute_rollup(rows)
+    if dense is not None:
+        return dense
     ts = rows.column("timestamp").to_numpy()
     src = pa.table(
         {
@@ -145,9 +187,15 @@ def minute_rollup(rows: pa.Table) -> pa.Table:
     return _sorted(_aggregate(src, keys), keys, MINUTE_ROLLUP_SCHEMA)
 
 
+# Producer rollups are sorted by (category, shard, hour) but not by producer id inside: ordering
+# the ids costs more than the rest of the rollup, and their delta encoding compresses them just
+# as well in first-seen order (1.61 vs 1.64 bytes per event on W20).
+_PRODUCER_ORDER = ["category", "shard", "hour"]
+
+
 def producer_rollup(rows: pa.Table) -> pa.Table:
     """(category, shard, hour, producer_id) -> count, sum of STORED_SCHEMA rows, sorted by
-    (category, shard, hour, producer_id)."""
+    (category, shard, hour)."""
     ts = rows.column("timestamp").to_numpy()
     src = pa.table(
         {
@@ -159,7 +207,7 @@ def producer_rollup(rows: pa.Table) -> pa.Table:
         }
     )
     keys = ["category", "shard", "hour", "producer_id"]
-    return _sorted(_aggregate(src, keys), keys, PRODUCER_ROLLUP_SCHEMA)
+    return _sorted(_aggregate(src, keys), _PRODUCER_ORDER, PRODUCER_ROLLUP_SCHEMA)
 
 
 def merge_rollups(tables: Sequence[pa.Table], schema: pa.Schema) -> pa.Table:
@@ -167,5 +215,6 @@ def merge_rollups(tables: Sequence[pa.Table], schema: pa.Schema) -> pa.Table:
     summed per key into one sorted rollup: the merged part's, never rebuilt from raw rows."""
     keys = [n for n in schema.names if n not in ("count", "sum")]
     table = pa.concat_tables([t.select(schema.names).cast(schema) for t in tables])
-    out = table.group_by(keys).aggregate([("count", "sum"), ("sum", "sum")])
-    return _sorted(out.rename_columns([*keys, "count", "sum"]), keys, schema)
+    out = table.group_by(keys, use_threads=False).aggregate([("count", "sum"), ("sum", "sum")])
+    order = _PRODUCER_ORDER if "producer_id" in keys else keys
+    return _sorted(out.rename_columns([*keys, "count", "sum"]), order, schema)

@@ -159,3 +159,25 @@ def test_a_run_refuses_rows_that_are_not_stored_rows() -> None:
         Run.build(pa.table({"timestamp": [1]}))
     empty = Run.build(STORED_SCHEMA.empty_table())
     assert empty.aggregate("c", 0, 10) == (0, 0) and len(empty.producer_ids("c", 0, 10)) == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32), sizes=st.lists(st.integers(0, 300), min_size=1, max_size=8))
+def test_a_generation_knows_its_rows_order_by_category_and_time(seed: int, sizes: list[int]) -> None:
+    """The order persisting uses instead of a sort: a permutation of the generation's rows,
+    sorted by (category in UTF-8 byte order, timestamp)."""
+    rng = random.Random(seed)
+    buffer = LiveBuffer()
+    for i, n in enumerate(sizes):
+        rows = stored(random_events(rng, n, categories=5, span=2 * HOUR_NS), batch_id=i)
+        cats = pa.array([rng.choice(["b", "B", "é", "a", "ab"]) for _ in range(n)], pa.string())
+        buffer.append(rows.set_column(1, "category", cats), None, i + 1)
+    g = buffer.freeze()
+    if g is None:
+        return
+    table = g.table()
+    order = g.by_category()
+    assert sorted(order.tolist()) == list(range(table.num_rows))
+    keys = [(c.encode(), t) for c, t in zip(table["category"].to_pylist(), table["timestamp"].to_pylist(), strict=True)]
+    taken = [keys[i] for i in order]
+    assert taken == sorted(keys)
