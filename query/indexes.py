@@ -6,7 +6,7 @@ file) and names the parts it could not serve; ``PartIndexes.topk`` answers a top
 parts' producer heads and the exact counts of the edges and the live buffer, or returns None.
 Either way the engine answers what is left with DuckDB, so the fast path only ever makes an
 answer faster, never different. A background thread loads the indexes of new parts as soon as
-a query sees a new manifest version, so queries rarely pay for a load.
+they are committed, so queries rarely pay for a load.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class IndexConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     warm: bool = True  # load new parts' indexes in the background
+    poll_s: float = 0.25  # how often the background loader looks for new parts
 
 
 def _wanted(shards: Sequence[int] | None) -> Ints | None:
@@ -94,11 +95,17 @@ class PartIndexes:
             release_memory()  # loading reads whole rollup files; keep only the small indexes
 
     def _warm_loop(self) -> None:
+        warmed = -1
         while not self._stop.is_set():
-            self._wake.wait()
+            # Woken by a query that saw new parts, or by itself every poll_s: new parts are
+            # loaded right after a persist or a merge, before a query has to load them itself.
+            self._wake.wait(self.config.poll_s)
             self._wake.clear()
-            if not self._stop.is_set():
-                self.warm(self.manifest.state)
+            if self._stop.is_set() or self.manifest.state.version == warmed:
+                continue
+            with self.manifest.pin() as state:  # no file of these parts is deleted meanwhile
+                self.warm(state)
+                warmed = state.version
 
     # -- count and sum ---------------------------------------------------------------------------
 
