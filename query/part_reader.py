@@ -26,8 +26,14 @@ __all__ = ["PartReader", "ReaderConfig"]
 @dataclass(frozen=True)
 class ReaderConfig:
     cache_bytes: int = 32 << 20  # decoded row groups kept for reuse
-    footers: int = 4096  # Parquet footers kept (a few kB each)
+    footer_bytes: int = 16 << 20  # Parquet footers kept (an hour of 8k-row groups: ~60 kB)
     open_files: int = 256  # readers kept open
+
+
+def _footer_cost(meta: pq.FileMetaData) -> int:
+    """Memory of a parsed footer, estimated from its serialized size (parsed is a few times
+    bigger)."""
+    return 4 * int(meta.serialized_size)
 
 
 class _File:
@@ -48,6 +54,7 @@ class PartReader:
         self._files: OrderedDict[str, _File] = OrderedDict()
         self._groups: OrderedDict[tuple[str, int, tuple[str, ...]], pa.Table] = OrderedDict()
         self._bytes = 0
+        self._footer_bytes = 0
         self.group_reads = 0  # row groups decoded (cache misses), for tests and metrics
 
     def footer(self, path: str) -> tuple[pq.FileMetaData, npt.NDArray[Any]]:
@@ -61,9 +68,12 @@ class PartReader:
         sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         starts = np.concatenate(([0], np.cumsum(sizes, dtype=np.int64)))
         with self._lock:
-            self._footers[path] = (meta, starts)
-            while len(self._footers) > self.config.footers:
-                self._footers.popitem(last=False)
+            if path not in self._footers:
+                self._footers[path] = (meta, starts)
+                self._footer_bytes += _footer_cost(meta)
+            while self._footer_bytes > self.config.footer_bytes and len(self._footers) > 1:
+                _, (old, _) = self._footers.popitem(last=False)
+                self._footer_bytes -= _footer_cost(old)
         return meta, starts
 
     def _file(self, path: str, meta: pq.FileMetaData) -> _File:
@@ -130,7 +140,7 @@ class PartReader:
         """Drop what is cached of files that no longer exist (parts removed by compaction)."""
         with self._lock:
             for p in [p for p in self._footers if p in paths]:
-                del self._footers[p]
+                self._footer_bytes -= _footer_cost(self._footers.pop(p)[0])
             for p in [p for p in self._files if p in paths]:
                 del self._files[p]
             for key in [k for k in self._groups if k[0] in paths]:
