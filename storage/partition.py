@@ -8,8 +8,8 @@ The folders are plain Parquet that DuckDB, Polars or Spark read as they are.
 Parts are sorted, aggregated and encoded with Arrow and numpy, not DuckDB: a DuckDB ``COPY``
 over a registered Arrow table converts every string again for each of the three files, and was
 the cap of sustained ingest. The encodings are chosen per column (delta-packed timestamps,
-dictionaries for the rest, delta strings for the sorted producer ids of the producer rollup):
-about 8.5 bytes per event for the raw rows and 2.5 for both rollups on workload W20.
+delta-length producer ids, dictionaries for the rest, delta strings in the producer rollup):
+about 8.5 bytes per event for the raw rows and 2.4 for both rollups on workload W20.
 """
 
 from __future__ import annotations
@@ -87,9 +87,12 @@ def sort_rows(rows: pa.Table, by_category: Ints | None = None) -> list[tuple[int
 
 Ints = npt.NDArray[Any]
 
+# Producer ids as delta lengths, not a dictionary: with ~5k distinct ids per 8k-row group the
+# dictionary barely repeats, and DELTA_LENGTH_BYTE_ARRAY is smaller (8.54 vs 8.83 bytes per
+# event on W20), writes faster and decodes a fifth faster for top-k edges.
 _EVENTS_OPTIONS: dict[str, Any] = {
-    "use_dictionary": ["category", "producer_id", "shard", "batch_id", "value"],
-    "column_encoding": {"timestamp": "DELTA_BINARY_PACKED"},
+    "use_dictionary": ["category", "shard", "batch_id", "value"],
+    "column_encoding": {"timestamp": "DELTA_BINARY_PACKED", "producer_id": "DELTA_LENGTH_BYTE_ARRAY"},
 }
 _PRODUCER_OPTIONS: dict[str, Any] = {
     "use_dictionary": ["category", "shard", "hour"],
