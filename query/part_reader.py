@@ -4,8 +4,9 @@ Raw rows in a part are sorted by (category, timestamp), so the rows of one categ
 minute are a known row range of the file (the minute index gives it, see
 ``query/rollup_cache.py``). ``PartReader.columns`` returns those rows' columns by decoding only
 the row groups that hold them; decoded row groups are kept in a small LRU cache (bounded in
-bytes), since neighbouring queries often touch the same groups. Parquet footers are parsed once
-per file and reused: parts are immutable and their names are never reused.
+bytes), since neighbouring queries often touch the same groups. Open files keep their parsed
+footers (parts are immutable and their names never reused), least recently used first out once
+over their own byte budget: a parsed footer is large, and the set of parts grows with the data.
 """
 
 from __future__ import annotations
@@ -26,22 +27,22 @@ __all__ = ["PartReader", "ReaderConfig"]
 @dataclass(frozen=True)
 class ReaderConfig:
     cache_bytes: int = 32 << 20  # decoded row groups kept for reuse
-    footer_bytes: int = 16 << 20  # Parquet footers kept (an hour of 8k-row groups: ~60 kB)
-    open_files: int = 256  # readers kept open
-
-
-def _footer_cost(meta: pq.FileMetaData) -> int:
-    """Memory of a parsed footer, estimated from its serialized size (parsed is a few times
-    bigger)."""
-    return 4 * int(meta.serialized_size)
+    # Open files with their parsed footers. A parsed footer is big: ~900 bytes per column chunk,
+    # about 0.5 MB for an hour of W20 in 8k-row groups, so this bounds memory as data grows.
+    file_bytes: int = 24 << 20
 
 
 class _File:
-    """One open reader of a file; pyarrow readers are not safe to share, so each has a lock."""
+    """One open file: its parsed footer, where each row group starts, and a reader (pyarrow
+    readers are not safe to share between threads, hence the lock)."""
 
-    def __init__(self, path: str, meta: pq.FileMetaData) -> None:
+    def __init__(self, path: str) -> None:
+        self.meta = pq.read_metadata(path)
+        sizes = [self.meta.row_group(i).num_rows for i in range(self.meta.num_row_groups)]
+        self.starts = np.concatenate(([0], np.cumsum(sizes, dtype=np.int64)))
+        self.cost = 900 * self.meta.num_row_groups * self.meta.num_columns + 4096
         self.lock = threading.Lock()
-        self.reader = pq.ParquetFile(path, metadata=meta)
+        self.reader = pq.ParquetFile(path, metadata=self.meta)
 
 
 class PartReader:
@@ -50,48 +51,35 @@ class PartReader:
     def __init__(self, config: ReaderConfig | None = None) -> None:
         self.config = config or ReaderConfig()
         self._lock = threading.Lock()
-        self._footers: OrderedDict[str, tuple[pq.FileMetaData, npt.NDArray[Any]]] = OrderedDict()
         self._files: OrderedDict[str, _File] = OrderedDict()
+        self._file_bytes = 0
         self._groups: OrderedDict[tuple[str, int, tuple[str, ...]], pa.Table] = OrderedDict()
         self._bytes = 0
-        self._footer_bytes = 0
         self.group_reads = 0  # row groups decoded (cache misses), for tests and metrics
 
-    def footer(self, path: str) -> tuple[pq.FileMetaData, npt.NDArray[Any]]:
-        """The file's metadata and the first row of each row group (plus the row count)."""
-        with self._lock:
-            hit = self._footers.get(path)
-            if hit is not None:
-                self._footers.move_to_end(path)
-                return hit
-        meta = pq.read_metadata(path)
-        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-        starts = np.concatenate(([0], np.cumsum(sizes, dtype=np.int64)))
-        with self._lock:
-            if path not in self._footers:
-                self._footers[path] = (meta, starts)
-                self._footer_bytes += _footer_cost(meta)
-            while self._footer_bytes > self.config.footer_bytes and len(self._footers) > 1:
-                _, (old, _) = self._footers.popitem(last=False)
-                self._footer_bytes -= _footer_cost(old)
-        return meta, starts
-
-    def _file(self, path: str, meta: pq.FileMetaData) -> _File:
+    def _file(self, path: str) -> _File:
         with self._lock:
             f = self._files.get(path)
             if f is not None:
                 self._files.move_to_end(path)
                 return f
-        f = _File(path, meta)
+        f = _File(path)
         with self._lock:
-            f = self._files.setdefault(path, f)
-            while len(self._files) > self.config.open_files:
-                self._files.popitem(last=False)
+            if path in self._files:
+                return self._files[path]
+            self._files[path] = f
+            self._file_bytes += f.cost
+            while self._file_bytes > self.config.file_bytes and len(self._files) > 1:
+                _, old = self._files.popitem(last=False)
+                self._file_bytes -= old.cost
         return f
 
-    def _groups_of(
-        self, path: str, meta: pq.FileMetaData, starts: npt.NDArray[Any], groups: range, names: tuple[str, ...]
-    ) -> list[pa.Table]:
+    def footer(self, path: str) -> tuple[pq.FileMetaData, npt.NDArray[Any]]:
+        """The file's metadata and the first row of each row group (plus the row count)."""
+        f = self._file(path)
+        return f.meta, f.starts
+
+    def _groups_of(self, path: str, f: _File, groups: range, names: tuple[str, ...]) -> list[pa.Table]:
         """The row groups ``groups`` of the file: cached ones from the cache, the others in one
         read (a read costs a fixed ~0.1 ms besides the decoding)."""
         found: dict[int, pa.Table] = {}
@@ -103,14 +91,13 @@ class PartReader:
                     found[g] = hit
         missing = [g for g in groups if g not in found]
         if missing:
-            f = self._file(path, meta)
             with f.lock:  # small reads: the thread pool costs more than it saves
                 table = f.reader.read_row_groups(missing, columns=list(names), use_threads=False)
             offset = 0
             with self._lock:
                 self.group_reads += len(missing)
                 for g in missing:
-                    n = int(starts[g + 1] - starts[g])
+                    n = int(f.starts[g + 1] - f.starts[g])
                     piece = found[g] = table.slice(offset, n)
                     offset += n
                     self._groups[(path, g, names)] = piece
@@ -122,15 +109,16 @@ class PartReader:
 
     def columns(self, path: str, first: int, stop: int, names: list[str]) -> dict[str, pa.Array]:
         """Rows ``[first, stop)`` of the file, one array per column name."""
-        meta, starts = self.footer(path)
+        f = self._file(path)
+        starts = f.starts
         if not 0 <= first <= stop <= int(starts[-1]):
             raise IndexError(f"rows [{first}, {stop}) outside {path} ({int(starts[-1])} rows)")
         if first == stop:
-            schema = meta.schema.to_arrow_schema()
+            schema = f.meta.schema.to_arrow_schema()
             return {n: pa.array([], schema.field(n).type) for n in names}
         g0 = int(np.searchsorted(starts, first, side="right")) - 1
         g1 = int(np.searchsorted(starts, stop, side="left"))
-        pieces = self._groups_of(path, meta, starts, range(g0, g1), tuple(names))
+        pieces = self._groups_of(path, f, range(g0, g1), tuple(names))
         table = (pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]).slice(
             first - int(starts[g0]), stop - first
         )
@@ -139,9 +127,7 @@ class PartReader:
     def forget(self, paths: set[str]) -> None:
         """Drop what is cached of files that no longer exist (parts removed by compaction)."""
         with self._lock:
-            for p in [p for p in self._footers if p in paths]:
-                self._footer_bytes -= _footer_cost(self._footers.pop(p)[0])
             for p in [p for p in self._files if p in paths]:
-                del self._files[p]
+                self._file_bytes -= self._files.pop(p).cost
             for key in [k for k in self._groups if k[0] in paths]:
                 self._bytes -= self._groups.pop(key).nbytes

@@ -47,7 +47,7 @@ class UnusableIndex(Exception):
 @dataclass(frozen=True)
 class CacheConfig:
     max_bytes: int = 64 << 20  # indexes and top lists of all parts, together
-    top_n: int = 256  # producers kept per (part, category) for top-k
+    top_n: int = 128  # producers kept per (part, category) for top-k (answers k <= 64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -150,9 +150,11 @@ def _prefix(values: Ints) -> Ints:
     return out
 
 
-def load_index(part: Part, root: Path, reader: PartReader) -> PartIndex:
+def load_index(part: Part, root: Path) -> PartIndex:
     events = part.path(root, "events")
-    meta, starts = reader.footer(events)
+    # The footer is parsed here and dropped: the reader opens (and caches) the files queries
+    # actually read, so loading every part's index does not push those out.
+    meta = pq.read_metadata(events)
     kv = meta.metadata or {}
     if kv.get(EVENTS_SORT_KEY) != EVENTS_SORTED_BY:
         raise UnusableIndex(f"{events} is not sorted by (category, timestamp)")
@@ -174,7 +176,7 @@ def load_index(part: Part, root: Path, reader: PartReader) -> PartIndex:
     if not exact:
         sums = np.array([int(v) for v in sums_col.to_pylist()], dtype=object)
     minutes, ranks = minutes[order], ranks[order]
-    if int(counts.sum()) != part.rows or int(starts[-1]) != part.rows:
+    if int(counts.sum()) != part.rows or meta.num_rows != part.rows:
         raise UnusableIndex(f"part {part.id}: rollup, events file and manifest disagree on the row count")
     bounds = np.concatenate(([0], np.cumsum(np.bincount(ranks, minlength=len(names)))))
     categories = {}
@@ -235,7 +237,7 @@ class RollupCache:
         if part.id in self._unusable:
             raise UnusableIndex(f"part {part.id}")
         try:
-            return self._get("index", part, lambda: load_index(part, self.root, self.reader))
+            return self._get("index", part, lambda: load_index(part, self.root))
         except UnusableIndex:
             self.mark_unusable(part)
             raise

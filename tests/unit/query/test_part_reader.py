@@ -34,15 +34,16 @@ def test_any_row_range_equals_a_full_read(tmp_path: Path) -> None:
         reader.columns(str(tmp_path / "a.parquet"), 10, 5001, ["timestamp"])
 
 
-def test_footers_are_bounded_and_forgotten(tmp_path: Path) -> None:
+def test_open_files_are_bounded_and_forgotten(tmp_path: Path) -> None:
     paths = [str(tmp_path / f"{i}.parquet") for i in range(20)]
     for p in paths:
         write(Path(p), 1000, 100)
-    cost = 4 * pq.read_metadata(paths[0]).serialized_size
-    reader = PartReader(ReaderConfig(footer_bytes=5 * cost))
+    meta = pq.read_metadata(paths[0])
+    cost = 900 * meta.num_row_groups * meta.num_columns + 4096
+    reader = PartReader(ReaderConfig(file_bytes=5 * cost))
     for p in paths:
         assert reader.columns(p, 0, 10, ["timestamp"])["timestamp"].to_pylist() == list(range(10))
-    assert len(reader._footers) <= 5 and reader._footer_bytes <= 5 * cost
+    assert len(reader._files) == 5 and reader._file_bytes == 5 * cost
     reader.forget(set(paths))
-    assert not reader._footers and not reader._files and not reader._groups
-    assert reader._footer_bytes == 0 and reader._bytes == 0
+    assert not reader._files and not reader._groups
+    assert reader._file_bytes == 0 and reader._bytes == 0
