@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,11 +20,7 @@ from rich.table import Table
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(
-    help="Tributary: durable event aggregation with exact range analytics.", no_args_is_help=True
-)
-query_app = typer.Typer(help="Ask a node count / sum / top-k questions.", no_args_is_help=True)
-app.add_typer(query_app, name="query")
+app = typer.Typer(help="Tributary: durable event aggregation with exact range analytics.", no_args_is_help=True)
 cluster_app = typer.Typer(help="Run a local cluster; add or remove nodes.", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
 console = Console(stderr=True)
@@ -42,39 +39,27 @@ def serve(
     peers: Annotated[str, _opt("Cluster members: n1=http://h1:8321,n2=http://h2:8321.", "PEERS")] = "",
     rf: Annotated[int, _opt("Replication factor (cluster).", "RF")] = 2,
     shards: Annotated[int, _opt("Shard count, fixed at cluster creation.", "SHARDS")] = 256,
-    fsync: Annotated[
-        bool, _opt("fsync the WAL before acknowledging (turn off only for tests).", "FSYNC")
-    ] = True,
+    fsync: Annotated[bool, _opt("fsync the WAL before acknowledging (turn off only for tests).", "FSYNC")] = True,
     max_body_bytes: Annotated[int, _opt("Largest ingest body accepted, bytes.", "MAX_BODY_BYTES")] = 64 << 20,
     max_rows: Annotated[int, _opt("Most events in one batch.", "MAX_ROWS")] = 1_000_000,
     max_decompressed_bytes: Annotated[
         int, _opt("Largest ingest body after gzip/zstd decoding, bytes.", "MAX_DECOMPRESSED_BYTES")
     ] = 256 << 20,
-    max_future_s: Annotated[
-        float, _opt("How far ahead of now a timestamp may be, s.", "MAX_FUTURE_S")
-    ] = 86_400.0,
+    max_future_s: Annotated[float, _opt("How far ahead of now a timestamp may be, s.", "MAX_FUTURE_S")] = 86_400.0,
     retention_s: Annotated[float, _opt("Keep data this long, s (0 = forever).", "RETENTION_S")] = 0.0,
-    max_buffer_bytes: Annotated[
-        int, _opt("Live buffer cap; beyond it ingest answers 503.", "MAX_BUFFER_BYTES")
-    ] = 256 << 20,
-    persist_bytes: Annotated[int, _opt("Persist the buffer at this size, bytes.", "PERSIST_BYTES")] = 64
+    max_buffer_bytes: Annotated[int, _opt("Live buffer cap; beyond it ingest answers 503.", "MAX_BUFFER_BYTES")] = 256
     << 20,
-    persist_interval_s: Annotated[
-        float, _opt("Persist the buffer at this age, s.", "PERSIST_INTERVAL_S")
-    ] = 10.0,
+    persist_bytes: Annotated[int, _opt("Persist the buffer at this size, bytes.", "PERSIST_BYTES")] = 64 << 20,
+    persist_interval_s: Annotated[float, _opt("Persist the buffer at this age, s.", "PERSIST_INTERVAL_S")] = 10.0,
     compact_min_parts: Annotated[int, _opt("Compact an hour with this many parts.", "COMPACT_MIN_PARTS")] = 4,
     idempotency_window_s: Annotated[
         float, _opt("How long Idempotency-Keys are remembered, s.", "IDEMPOTENCY_WINDOW_S")
     ] = 3600.0,
-    idempotency_max_keys: Annotated[
-        int, _opt("Most Idempotency-Keys remembered.", "IDEMPOTENCY_MAX_KEYS")
-    ] = 500_000,
+    idempotency_max_keys: Annotated[int, _opt("Most Idempotency-Keys remembered.", "IDEMPOTENCY_MAX_KEYS")] = 500_000,
     max_concurrent_ingest: Annotated[
         int, _opt("Concurrent ingest requests; beyond, 503.", "MAX_CONCURRENT_INGEST")
     ] = 64,
-    query_timeout_s: Annotated[
-        float, _opt("Time limit of a count/sum/top-k query, s.", "QUERY_TIMEOUT_S")
-    ] = 30.0,
+    query_timeout_s: Annotated[float, _opt("Time limit of a count/sum/top-k query, s.", "QUERY_TIMEOUT_S")] = 30.0,
     sql_timeout_s: Annotated[float, _opt("Time limit of a SQL query, s.", "SQL_TIMEOUT_S")] = 10.0,
     sql_memory_limit: Annotated[str, _opt("Memory limit of a SQL query.", "SQL_MEMORY_LIMIT")] = "512MB",
     sql_max_rows: Annotated[int, _opt("Rows returned by a JSON SQL answer.", "SQL_MAX_ROWS")] = 10_000,
@@ -180,9 +165,7 @@ def serve(
 
 @app.command()
 def load(
-    url: Annotated[
-        list[str], typer.Option(help="Node URL(s); repeat for failover.", envvar="TRIBUTARY_URL")
-    ] = [  # noqa: B006
+    url: Annotated[list[str], typer.Option(help="Node URL(s); repeat for failover.", envvar="TRIBUTARY_URL")] = [  # noqa: B006
         "http://127.0.0.1:8321"
     ],
     events: Annotated[int, typer.Option(help="Events to send in all (0 = until Ctrl-C).")] = 100_000,
@@ -194,9 +177,7 @@ def load(
     batch: Annotated[int, typer.Option(help="Events per request.")] = 10_000,
     seed: Annotated[int, typer.Option(help="Seed: the same seed sends the same events.")] = 42,
     start: Annotated[str, typer.Option(help="First timestamp (RFC 3339, ns, or 'now').")] = "now",
-    span_s: Annotated[
-        float, typer.Option(help="Spread timestamps over this many seconds (0 = real time).")
-    ] = 0.0,
+    span_s: Annotated[float, typer.Option(help="Spread timestamps over this many seconds (0 = real time).")] = 0.0,
     token: Annotated[str, typer.Option(help="Bearer token.", envvar="TRIBUTARY_TOKEN")] = "",
 ) -> None:
     """Send a seeded synthetic workload through the producer client, with a progress bar."""
@@ -269,9 +250,7 @@ def _get(url: str, path: str, params: dict[str, Any], token: str) -> dict[str, A
     return body
 
 
-def _query(
-    kind: str, url: str, category: str, start: str, end: str, k: int, token: str, as_json: bool
-) -> None:
+def _query(kind: str, url: str, category: str, start: str, end: str, k: int, token: str, as_json: bool) -> None:
     params: dict[str, Any] = {"category": category, "start": start, "end": end}
     if kind == "topk":
         params["k"] = k
@@ -297,44 +276,25 @@ _END = typer.Option(help="End, exclusive.")
 _TOKEN = typer.Option(envvar="TRIBUTARY_TOKEN", help="Bearer token.")
 
 
-@query_app.command("count")
-def query_count(
+class QueryKind(StrEnum):
+    count = "count"
+    sum = "sum"
+    topk = "topk"
+
+
+@app.command("query")
+def query(
+    kind: Annotated[QueryKind, typer.Argument(help="count: events; sum: of value; topk: the K busiest producers.")],
     category: Annotated[str, _CAT],
     start: Annotated[str, _START] = "now-1h",
     end: Annotated[str, _END] = "now",
+    k: Annotated[int, typer.Option(help="How many producers (topk).")] = 10,
     url: Annotated[str, _URL] = "http://127.0.0.1:8321",
     token: Annotated[str, _TOKEN] = "",
     json_: Annotated[bool, typer.Option("--json", help="Print the raw JSON answer.")] = False,
 ) -> None:
-    """Number of events of CATEGORY in [start, end)."""
-    _query("count", url, category, start, end, 0, token, json_)
-
-
-@query_app.command("sum")
-def query_sum(
-    category: Annotated[str, _CAT],
-    start: Annotated[str, _START] = "now-1h",
-    end: Annotated[str, _END] = "now",
-    url: Annotated[str, _URL] = "http://127.0.0.1:8321",
-    token: Annotated[str, _TOKEN] = "",
-    json_: Annotated[bool, typer.Option("--json", help="Print the raw JSON answer.")] = False,
-) -> None:
-    """Sum of value of CATEGORY in [start, end)."""
-    _query("sum", url, category, start, end, 0, token, json_)
-
-
-@query_app.command("topk")
-def query_topk(
-    category: Annotated[str, _CAT],
-    start: Annotated[str, _START] = "now-1h",
-    end: Annotated[str, _END] = "now",
-    k: Annotated[int, typer.Option(help="How many producers.")] = 10,
-    url: Annotated[str, _URL] = "http://127.0.0.1:8321",
-    token: Annotated[str, _TOKEN] = "",
-    json_: Annotated[bool, typer.Option("--json", help="Print the raw JSON answer.")] = False,
-) -> None:
-    """The K producers of CATEGORY with the most events in [start, end)."""
-    _query("topk", url, category, start, end, k, token, json_)
+    """Ask a node for the count, sum or top-k producers of CATEGORY in [start, end)."""
+    _query(kind.value, url, category, start, end, k, token, json_)
 
 
 @cluster_app.command("up")
