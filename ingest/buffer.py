@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -22,11 +23,11 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from ingest.run import Run
-from storage.rollup import MINUTE_ROLLUP_SCHEMA, merge_rollups
+from storage.rollup import MINUTE_ROLLUP_SCHEMA, merge_rollups, sum_by_id
 from storage.rollup import minute_rollup as _minute_rollup
 from storage.schema import STORED_SCHEMA
 
-__all__ = ["MINUTE_ROLLUP_SCHEMA", "BufferView", "Generation", "LiveBuffer", "Run", "minute_rollup"]
+__all__ = ["MINUTE_ROLLUP_SCHEMA", "BufferView", "CountCache", "Generation", "LiveBuffer", "Run", "minute_rollup"]
 
 # Runs below this many rows are "small"; once ``_SMALL_RUNS_FOLD`` of them trail a generation
 # they are folded into one, so a stream of tiny batches does not leave thousands of runs for
@@ -89,11 +90,53 @@ def _shard_array(shards: Sequence[int] | None) -> npt.NDArray[Any] | None:
     return None if shards is None else np.array(sorted(set(shards)), dtype=np.int64)
 
 
+def _counts_table(pieces: Sequence[tuple[pa.Array, npt.NDArray[Any]]]) -> pa.Table:
+    if not pieces:
+        return pa.table({"producer_id": pa.array([], pa.string()), "count": pa.array([], pa.int64())})
+    if len(pieces) == 1:
+        ids, counts = pieces[0]
+    else:
+        ids, (counts,) = sum_by_id(
+            pa.chunked_array([p[0] for p in pieces], pa.string()), np.concatenate([p[1] for p in pieces])
+        )
+    return pa.table({"producer_id": ids, "count": pa.array(counts, pa.int64())})
+
+
+class CountCache:
+    """Producer counts of one category over a set of whole runs, least recently used out.
+
+    Keyed by the runs' serial numbers (not the runs: a cached entry must not keep persisted rows
+    alive). After ingest stops the buffer's runs stay the same until the next persist, so every
+    top-k over them finds its counts here."""
+
+    def __init__(self, entries: int = 64) -> None:
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[str, tuple[int, ...]], tuple[pa.Array, npt.NDArray[Any]]] = OrderedDict()
+        self._size = entries
+
+    def merged(self, category: str, runs: Sequence[Run]) -> tuple[pa.Array, npt.NDArray[Any]]:
+        key = (category, tuple(r.serial for r in runs))
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None:
+                self._entries.move_to_end(key)
+                return hit
+        ids = [r.producer_ids(category, r.min_ts, r.max_ts + 1) for r in runs]
+        counted = pa.chunked_array(ids, pa.string()).value_counts()  # one count over all rows
+        value = (counted.field("values"), counted.field("counts").to_numpy())
+        with self._lock:
+            self._entries[key] = value
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return value
+
+
 @dataclass(frozen=True)
 class BufferView:
     """An immutable picture of the buffer for one query."""
 
     runs: tuple[Run, ...]
+    counts: CountCache = field(default_factory=CountCache, compare=False)
 
     @property
     def empty(self) -> bool:
@@ -121,14 +164,23 @@ class BufferView:
         return count, total
 
     def producer_counts(self, category: str, start: int, end: int, shards: Sequence[int] | None = None) -> pa.Table:
-        """``(producer_id, count)`` of buffered rows of ``category`` in ``[start, end)``."""
+        """``(producer_id, count)`` of buffered rows of ``category`` in ``[start, end)``.
+
+        Runs whose rows of ``category`` all lie in range are counted together once per set of
+        runs and the counts kept (``CountCache``): a long range over a big buffer does not
+        re-count every buffered row on every query."""
         wanted = _shard_array(shards)
-        ids = [run.producer_ids(category, start, end, wanted) for run in self.runs]
+        whole = [] if wanted is not None else [r for r in self.runs if r.covers(category, start, end)]
+        serials = {r.serial for r in whole}
+        ids = [r.producer_ids(category, start, end, wanted) for r in self.runs if r.serial not in serials]
         ids = [a for a in ids if len(a)]
-        if not ids:
-            return pa.table({"producer_id": pa.array([], pa.string()), "count": pa.array([], pa.int64())})
-        counts = pa.chunked_array(ids).value_counts()
-        return pa.table({"producer_id": counts.field("values"), "count": counts.field("counts")})
+        pieces: list[tuple[pa.Array, npt.NDArray[Any]]] = []
+        if whole:
+            pieces.append(self.counts.merged(category, whole))
+        if ids:
+            counted = pa.chunked_array(ids).value_counts()
+            pieces.append((counted.field("values"), counted.field("counts").to_numpy()))
+        return _counts_table(pieces)
 
 
 class LiveBuffer:
@@ -139,6 +191,7 @@ class LiveBuffer:
         self._clock = clock
         self._active = Generation(created=clock())
         self._frozen: list[Generation] = []
+        self._counts = CountCache()
 
     def append(self, rows: pa.Table, run: Run | pa.Table | None, seq: int, record: object = None) -> None:
         """Add durable rows (STORED_SCHEMA) with their index (``Run.build(rows)``; built here
@@ -224,4 +277,4 @@ class LiveBuffer:
         with self._lock:
             runs = tuple(r for g in (*self._frozen, self._active) for r in g.runs)
             pinned = pin() if pin is not None else None
-        return BufferView(runs), pinned
+        return BufferView(runs, self._counts), pinned

@@ -11,8 +11,9 @@ immutable and built outside every lock (on the request thread, before the WAL ap
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,8 @@ from storage.schema import STORED_SCHEMA
 __all__ = ["Run", "RunIndexError"]
 
 Ints = npt.NDArray[Any]
+
+_serials = itertools.count(1)
 
 
 class RunIndexError(ValueError):
@@ -44,6 +47,7 @@ class Run:
     spans: dict[str, tuple[int, int]]  # category -> [lo, hi) positions in that order
     min_ts: int
     max_ts: int
+    serial: int = field(default_factory=lambda: next(_serials))  # names the run in caches
 
     @classmethod
     def build(cls, rows: pa.Table) -> Run:
@@ -106,6 +110,11 @@ class Run:
         positions = self.order[i:j]
         positions = positions[self._shard_mask(positions, shards)]
         return len(positions), exact_sum(self.rows.column("value").to_numpy()[positions])
+
+    def covers(self, category: str, start: int, end: int) -> bool:
+        """Whether every row of ``category`` in this run is inside ``[start, end)``."""
+        span = self.spans.get(category)
+        return span is not None and start <= self.ts[span[0]] and self.ts[span[1] - 1] < end
 
     def producer_ids(self, category: str, start: int, end: int, shards: Ints | None = None) -> pa.Array:
         """The producer id of every row of ``category`` in ``[start, end)`` (one per row)."""

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from query.rollup_cache import TopList
+from storage.rollup import sum_by_id
 
 __all__ = ["COUNTS_SCHEMA", "count_ids", "merge_heads", "sum_by_id", "top_of"]
 
@@ -37,19 +38,6 @@ def count_ids(ids: Sequence[pa.Array]) -> pa.Table:
         return COUNTS_SCHEMA.empty_table()
     counts = pa.chunked_array(ids, pa.string()).value_counts()
     return pa.table([counts.field("values"), counts.field("counts")], schema=COUNTS_SCHEMA)
-
-
-def sum_by_id(ids: pa.Array | pa.ChunkedArray, *columns: npt.NDArray[Any]) -> tuple[pa.Array, list[npt.NDArray[Any]]]:
-    """The distinct ids and, for each column, its sum per id. A hash (dictionary encoding) and
-    a ``bincount`` per column: several times cheaper than an Arrow group-by for the few
-    thousand rows of a top-k. The sums go through float64, exact for counts below 2**53."""
-    if isinstance(ids, pa.ChunkedArray):
-        ids = ids.combine_chunks() if ids.num_chunks != 1 else ids.chunk(0)
-    encoded = ids.dictionary_encode()
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
-    n = len(encoded.dictionary)
-    sums = [np.bincount(codes, weights=c, minlength=n).astype(np.int64) for c in columns]
-    return encoded.dictionary, sums
 
 
 def _first_k(ids: pa.Array, counts: npt.NDArray[Any], k: int) -> npt.NDArray[Any]:

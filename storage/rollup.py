@@ -34,6 +34,7 @@ __all__ = [
     "merge_rollups",
     "minute_rollup",
     "producer_rollup",
+    "sum_by_id",
 ]
 
 SUM_TYPE = "DECIMAL(38,0)"
@@ -218,3 +219,16 @@ def merge_rollups(tables: Sequence[pa.Table], schema: pa.Schema) -> pa.Table:
     out = table.group_by(keys, use_threads=False).aggregate([("count", "sum"), ("sum", "sum")])
     order = _PRODUCER_ORDER if "producer_id" in keys else keys
     return _sorted(out.rename_columns([*keys, "count", "sum"]), order, schema)
+
+
+def sum_by_id(ids: pa.Array | pa.ChunkedArray, *columns: npt.NDArray[Any]) -> tuple[pa.Array, list[npt.NDArray[Any]]]:
+    """The distinct ids and, for each column, its sum per id. A hash (dictionary encoding) and
+    a ``bincount`` per column: several times cheaper than an Arrow group-by for the few
+    thousand rows of a top-k. The sums go through float64, exact for counts below 2**53."""
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks() if ids.num_chunks != 1 else ids.chunk(0)
+    encoded = ids.dictionary_encode()
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    n = len(encoded.dictionary)
+    sums = [np.bincount(codes, weights=c, minlength=n).astype(np.int64) for c in columns]
+    return encoded.dictionary, sums

@@ -181,3 +181,29 @@ def test_a_generation_knows_its_rows_order_by_category_and_time(seed: int, sizes
     keys = [(c.encode(), t) for c, t in zip(table["category"].to_pylist(), table["timestamp"].to_pylist(), strict=True)]
     taken = [keys[i] for i in order]
     assert taken == sorted(keys)
+
+
+def test_whole_runs_count_through_the_cache_and_stay_exact() -> None:
+    rng = random.Random(12)
+    buffer = LiveBuffer()
+    tables = []
+    for i in range(3):
+        rows = stored(random_events(rng, 2000), batch_id=i)
+        tables.append(rows)
+        buffer.append(rows, None, i + 1)
+
+    def check(start: int, end: int) -> None:
+        view, _ = buffer.view()
+        want = Counter(r["producer_id"] for r in scan(pa.concat_tables(tables), "c1", start, end))
+        got = view.producer_counts("c1", start, end)
+        assert dict(zip(got["producer_id"].to_pylist(), got["count"].to_pylist(), strict=True)) == want
+
+    stamps = sorted(r["timestamp"] for r in scan(pa.concat_tables(tables), "c1", 0, 2**62))
+    for start, end in [(0, 2**62), (stamps[0], stamps[-1] + 1), (stamps[0], stamps[-1]), (stamps[0] + 1, 2**62)]:
+        check(start, end)
+        check(start, end)  # again, from the cache
+    assert buffer._counts._entries, "whole runs were merged once and cached"
+    more = stored(random_events(rng, 500), batch_id=9)
+    tables.append(more)
+    buffer.append(more, None, 4)
+    check(0, 2**62)  # a new run: a new set of whole runs, counted again
