@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from storage.manifest import Manifest, Part
+from storage.memory import release_memory
 from storage.partition import PartitionStore
 
 __all__ = ["CompactionConfig", "Compactor"]
@@ -38,7 +39,8 @@ class Compactor:
         for _hour, parts in sorted(self.manifest.state.hours().items()):
             if len(parts) < self.config.min_parts:
                 continue
-            chosen, rows = [], 0
+            chosen: list[Part] = []
+            rows = 0
             for p in sorted(parts, key=lambda p: p.rows):
                 if rows + p.rows > self.config.max_rows and len(chosen) >= 2:
                     break
@@ -63,4 +65,6 @@ class Compactor:
         groups = [ps for ps in hours if len(ps) >= 2] if force else self.candidates()
         for parts in groups:
             self.compact_hour(parts)
+        if groups:
+            release_memory()  # a merge holds an hour's rows; hand that memory back
         return len(groups)
