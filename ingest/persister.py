@@ -54,9 +54,7 @@ class Persister:
     def due(self) -> bool:
         c = self.config
         return bool(
-            self.buffer.frozen()
-            or self.buffer.active_bytes >= c.max_bytes
-            or (self.buffer.active_age() >= c.max_age_s)
+            self.buffer.frozen() or self.buffer.active_bytes >= c.max_bytes or (self.buffer.active_age() >= c.max_age_s)
         )
 
     def persist(self) -> int:

@@ -24,9 +24,7 @@ class CompactionConfig:
 
 
 class Compactor:
-    def __init__(
-        self, store: PartitionStore, manifest: Manifest, config: CompactionConfig | None = None
-    ) -> None:
+    def __init__(self, store: PartitionStore, manifest: Manifest, config: CompactionConfig | None = None) -> None:
         self.store = store
         self.manifest = manifest
         self.config = config or CompactionConfig()
