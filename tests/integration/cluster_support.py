@@ -41,15 +41,11 @@ def poll(what: str, check: Callable[[], bool], timeout: float, interval: float =
         time.sleep(interval)
 
 
-def send(
-    urls: Sequence[str], events: pa.Table, *, batch: int = 1000, on_progress: Callable[[int], None] | None = None
-) -> None:
-    """Send ``events`` through the real producer client (keys, retries, failover) and wait
-    until every batch is acknowledged. ``on_progress(acknowledged)`` is called from a watcher
-    thread every few milliseconds meanwhile (to inject a fault mid-ingest)."""
-    done = threading.Event()
-    with Producer(
-        list(urls),
+def patient_producer(urls: list[str], batch: int) -> Producer:
+    """A producer with short timeouts and quick retries that keeps trying for two minutes: what
+    a fault test needs to ride out a killed or frozen node."""
+    return Producer(
+        urls,
         batch_events=batch,
         linger_s=0.05,
         request_timeout_s=5.0,
@@ -58,7 +54,17 @@ def send(
         backoff_cap_s=1.0,
         retry_max_elapsed_s=120.0,
         discover=False,
-    ) as producer:
+    )
+
+
+def send(
+    urls: Sequence[str], events: pa.Table, *, batch: int = 1000, on_progress: Callable[[int], None] | None = None
+) -> None:
+    """Send ``events`` through the real producer client (keys, retries, failover) and wait
+    until every batch is acknowledged. ``on_progress(acknowledged)`` is called from a watcher
+    thread every few milliseconds meanwhile (to inject a fault mid-ingest)."""
+    done = threading.Event()
+    with patient_producer(list(urls), batch) as producer:
         watcher = None
         if on_progress is not None:
             hook = on_progress

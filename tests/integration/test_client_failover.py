@@ -10,10 +10,9 @@ import threading
 import httpx
 import pytest
 
-from ingest.client import Producer
 from storage.schema import HOUR_NS
 from tests.eventgen import T0, Oracle, random_events
-from tests.integration.cluster_support import TestCluster, poll
+from tests.integration.cluster_support import TestCluster, patient_producer, poll
 from tests.support.process import NodeFactory
 
 pytestmark = pytest.mark.integration
@@ -31,17 +30,8 @@ def test_a_node_killed_mid_stream_loses_and_doubles_nothing(node_factory: NodeFa
     at_kill: list[int] = []
     done = threading.Event()
 
-    with Producer(
-        [n1.url, n2.url, n3.url],  # n1 first: the node it talks to is the one that dies
-        batch_events=BATCH,
-        linger_s=0.05,
-        request_timeout_s=5.0,
-        connect_timeout_s=1.0,
-        backoff_base_s=0.05,
-        backoff_cap_s=1.0,
-        retry_max_elapsed_s=120.0,
-        discover=False,
-    ) as producer:
+    # n1 first: the node the producer talks to is the one that dies
+    with patient_producer([n1.url, n2.url, n3.url], BATCH) as producer:
 
         def killer() -> None:  # SIGKILL once a third is acknowledged: requests in flight to n1 are cut
             while not done.wait(0.002):
