@@ -33,6 +33,7 @@ __all__ = ["Repairer", "SyncResult"]
 log = structlog.get_logger("tributary.repair")
 
 _SHIP_SLICES = 256  # (shard, hour, batches) slices per shipment: bounded memory on both ends
+_SHIP_BYTES = 8 << 20  # ... and at most this much in memory (a single larger slice goes alone)
 
 
 @dataclass
@@ -126,8 +127,14 @@ class Repairer:
         # Shipments hold whole slices only: the receiver claims a slice as a unit, so a slice
         # split over two shipments would lose its second half.
         sent = 0
-        for i in range(0, len(wanted), _SHIP_SLICES):
-            rows = self.read_slices(wanted[i : i + _SHIP_SLICES])
+        todo = [wanted[i : i + _SHIP_SLICES] for i in range(0, len(wanted), _SHIP_SLICES)][::-1]  # popped in order
+        while todo:
+            chunk = todo.pop()
+            rows = self.read_slices(chunk)
+            if rows.nbytes > _SHIP_BYTES and len(chunk) > 1:  # the receiver's buffer must hold it whole
+                half = len(chunk) // 2
+                todo += [chunk[half:], chunk[:half]]
+                continue
             if rows.num_rows:
                 self.peers.ingest(peer, pack_parquet(rows), parquet=True)
                 sent += rows.num_rows

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import random
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from cluster.errors import MembershipError
@@ -94,3 +97,39 @@ def test_cluster_map_rules() -> None:
     assert ClusterMap.from_json(settled.to_json()) == settled
     assert cmap.w == 2 and ClusterMap(1, 3, 8, tuple(members[:1])).w == 1
     assert ClusterMap(0, 2, 8, (Member("n1", "http://a:1"),)).is_single("n1")
+
+
+def test_a_join_ships_in_shipments_the_receiver_can_hold(
+    inproc: type[InProcCluster], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shipments over the byte budget are split (whole slices each), so a receiver with a small
+    live buffer is never sent more than it can take at once."""
+    import cluster.repair
+
+    monkeypatch.setattr(cluster.repair, "_SHIP_BYTES", 1)  # every shipment over budget: one slice each
+    c = inproc(3, rf=2, repair_interval_s=0.3)
+    c.wait("serving", c.serving)
+    n1 = c.nodes["n1"]
+    assert n1.ingest(random_events(random.Random(3), 3000, producers=900), key="s").accepted == 3000
+    n4 = c.add("n4")
+    slices: list[set[tuple[int, int]]] = []  # the (shard, hour) slices of each shipment
+    for node in c.nodes.values():
+        real = node.peers.ingest
+
+        def counting(peer, body, *a, _real=real, **kw):  # type: ignore[no-untyped-def]
+            if kw.get("parquet"):
+                rows = pq.read_table(pa.BufferReader(body))
+                hours = pc.divide(rows["timestamp"], HOUR_NS).to_pylist()
+                slices.append(set(zip(rows["shard"].to_pylist(), hours, strict=True)))
+            return _real(peer, body, *a, **kw)
+
+        monkeypatch.setattr(node.peers, "ingest", counting)
+    joining = n1.join("n4", c.url("n4"))
+    c.wait("join settles", lambda: n1.cmap.epoch > joining.epoch and not n1.cmap.in_transition)
+    c.wait("n4 knows", lambda: n4.cmap == n1.cmap)
+    mine = n4.cmap.read_map.shards_of("n4")
+    for s in mine:  # n4 holds exactly what its co-replica of each shard holds
+        other = next(n for n in n4.cmap.read_replicas(s) if n != "n4")
+        assert n4.holdings.shard_digests([s]) == c.nodes[other].holdings.shard_digests([s])
+    assert _count(n4) == 3000
+    assert len(slices) > 1 and all(len(s) == 1 for s in slices), "one slice per shipment"
