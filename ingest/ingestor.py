@@ -20,7 +20,7 @@ import pyarrow as pa
 import xxhash
 
 from ingest.buffer import LiveBuffer
-from ingest.errors import Overloaded
+from ingest.errors import Overloaded, PayloadTooLarge
 from ingest.idempotency import IdempotencyIndex, KeyRecord
 from ingest.run import Run
 from ingest.wal import Wal
@@ -33,7 +33,7 @@ _META_LEN = struct.Struct("<I")
 
 @dataclass(frozen=True)
 class IngestConfig:
-    max_buffer_bytes: int = 256 << 20  # beyond this (active + persisting) writes get Overloaded
+    max_buffer_bytes: int = 64 << 20  # beyond this (active + persisting) writes get Overloaded
     overload_retry_after_s: float = 1.0
     durable_timeout_s: float = 60.0
 
@@ -124,6 +124,11 @@ class Ingestor:
             if known is not None:
                 return IngestResult(known.accepted, duplicate=True)
         try:
+            if events.nbytes > self.config.max_buffer_bytes:  # would never fit: retrying cannot help
+                raise PayloadTooLarge(
+                    f"the batch takes {events.nbytes} bytes in memory, more than the live buffer holds "
+                    f"({self.config.max_buffer_bytes}); split it"
+                )
             if self.buffer.total_bytes + events.nbytes > self.config.max_buffer_bytes:
                 raise Overloaded(
                     "the live buffer is full while persisting catches up",

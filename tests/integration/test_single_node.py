@@ -223,3 +223,7 @@ def test_overload_answers_503_with_retry_after_and_stores_nothing(node_factory: 
     assert httpx.get(node.url + "/v1/stats").json()["events_total"] == accepted
     assert httpx.post(node.url + "/v1/admin/persist").status_code == 200
     assert post(node, random_events(rng, 2000), "arrow").status_code == 200, "writes resume once persisted"
+    accepted += 2000
+    r = post(node, random_events(rng, 20_000), "arrow")  # larger than the whole buffer: never fits
+    assert r.status_code == 413 and "split it" in r.json()["detail"], r.text
+    assert httpx.get(node.url + "/v1/stats").json()["events_total"] == accepted
