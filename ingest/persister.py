@@ -25,7 +25,7 @@ __all__ = ["PersistConfig", "Persister"]
 
 @dataclass(frozen=True)
 class PersistConfig:
-    max_bytes: int = 64 << 20  # persist when the active buffer holds this much
+    max_bytes: int = 16 << 20  # persist when the active buffer holds this much
     max_age_s: float = 10.0  # ... or when its oldest row is this old
     key_log_rewrite_every: int = 200  # persists between compactions of the idempotency log
 

@@ -47,9 +47,9 @@ def serve(
     ] = 256 << 20,
     max_future_s: Annotated[float, _opt("How far ahead of now a timestamp may be, s.", "MAX_FUTURE_S")] = 86_400.0,
     retention_s: Annotated[float, _opt("Keep data this long, s (0 = forever).", "RETENTION_S")] = 0.0,
-    max_buffer_bytes: Annotated[int, _opt("Live buffer cap; beyond it ingest answers 503.", "MAX_BUFFER_BYTES")] = 256
+    max_buffer_bytes: Annotated[int, _opt("Live buffer cap; beyond it ingest answers 503.", "MAX_BUFFER_BYTES")] = 64
     << 20,
-    persist_bytes: Annotated[int, _opt("Persist the buffer at this size, bytes.", "PERSIST_BYTES")] = 64 << 20,
+    persist_bytes: Annotated[int, _opt("Persist the buffer at this size, bytes.", "PERSIST_BYTES")] = 16 << 20,
     persist_interval_s: Annotated[float, _opt("Persist the buffer at this age, s.", "PERSIST_INTERVAL_S")] = 10.0,
     compact_min_parts: Annotated[int, _opt("Compact an hour with this many parts.", "COMPACT_MIN_PARTS")] = 4,
     idempotency_window_s: Annotated[
@@ -153,6 +153,9 @@ def serve(
     if refusal is not None:
         console.print(f"[red]error:[/] {refusal}")
         raise typer.Exit(2)
+    from storage.memory import tune_process_memory
+
+    tune_process_memory()  # before data flows, so freed buffers go back to the system (storage/memory.py)
     try:
         node = Node(settings.node_config())
     except MembershipError as e:

@@ -47,8 +47,8 @@ class Settings:
     max_decompressed_bytes: int = 256 << 20
     max_future_s: float = 86_400.0
     retention_s: float = 0.0  # 0 = keep forever
-    max_buffer_bytes: int = 256 << 20
-    persist_bytes: int = 64 << 20
+    max_buffer_bytes: int = 64 << 20
+    persist_bytes: int = 16 << 20
     persist_interval_s: float = 10.0
     compact_min_parts: int = 4
     idempotency_window_s: float = 3600.0
