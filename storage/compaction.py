@@ -8,19 +8,38 @@ next start), a crash after it leaves garbage (likewise): nothing is lost or coun
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from storage.manifest import Manifest, Part
 from storage.memory import release_memory
 from storage.partition import PartitionStore
 
-__all__ = ["CompactionConfig", "Compactor"]
+__all__ = ["CompactionConfig", "Compactor", "choose"]
 
 
 @dataclass(frozen=True)
 class CompactionConfig:
     min_parts: int = 4  # an hour with at least this many parts is merged
-    max_rows: int = 50_000_000  # never build a part larger than this
+    max_rows: int = 20_000_000  # never build a part larger than this
+    small_rows: int = 1_000_000  # parts up to this size are always merged together
+
+
+def choose(parts: Sequence[Part], config: CompactionConfig) -> list[Part]:
+    """The parts of one hour to merge now: size-tiered, as in an LSM tree. Smallest first, a
+    part joins only while it is at most twice the parts chosen before it together (small parts
+    always join), so a big part is rewritten only once the small ones add up to half its size:
+    each row is rewritten about log2(parts) times, not at every merge of its hour, and a busy
+    hour's merge cost and memory stop growing with the hour. Nothing when fewer than
+    ``min_parts`` would be merged."""
+    chosen: list[Part] = []
+    rows = 0
+    for p in sorted(parts, key=lambda p: (p.rows, p.id)):
+        if chosen and (p.rows > max(2 * rows, config.small_rows) or rows + p.rows > config.max_rows):
+            break
+        chosen.append(p)
+        rows += p.rows
+    return chosen if len(chosen) >= max(2, config.min_parts) else []
 
 
 class Compactor:
@@ -33,20 +52,8 @@ class Compactor:
 
     def candidates(self) -> list[list[Part]]:
         """Groups of parts worth merging, one group per hour, smallest parts first."""
-        groups = []
-        for _hour, parts in sorted(self.manifest.state.hours().items()):
-            if len(parts) < self.config.min_parts:
-                continue
-            chosen: list[Part] = []
-            rows = 0
-            for p in sorted(parts, key=lambda p: p.rows):
-                if rows + p.rows > self.config.max_rows and len(chosen) >= 2:
-                    break
-                chosen.append(p)
-                rows += p.rows
-            if len(chosen) >= 2:
-                groups.append(chosen)
-        return groups
+        groups = [choose(parts, self.config) for _hour, parts in sorted(self.manifest.state.hours().items())]
+        return [g for g in groups if g]
 
     def compact_hour(self, parts: list[Part]) -> Part:
         t0 = time.perf_counter()

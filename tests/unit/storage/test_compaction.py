@@ -1,0 +1,68 @@
+"""The merge policy: size-tiered, so a busy hour's big part is not rewritten at every merge."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from storage.compaction import CompactionConfig, choose
+from storage.manifest import Part
+
+CFG = CompactionConfig(min_parts=4, max_rows=20_000_000, small_rows=1_000_000)
+
+
+def _parts(sizes: list[int]) -> list[Part]:
+    return [Part(id=i, hour=0, rows=n, min_ts=0, max_ts=1, files={}) for i, n in enumerate(sizes)]
+
+
+def _rows(parts: list[Part]) -> list[int]:
+    return sorted(p.rows for p in parts)
+
+
+def test_small_parts_merge_and_the_big_part_waits() -> None:
+    parts = _parts([15_000_000] + [250_000] * 19)
+    assert _rows(choose(parts, CFG)) == [250_000] * 19  # 4.75M: not yet half of 15M
+
+
+def test_the_big_part_joins_once_the_small_ones_add_up() -> None:
+    parts = _parts([8_000_000, 4_000_000, 250_000, 250_000, 250_000])
+    assert _rows(choose(parts, CFG)) == []  # 0.75M of small parts: 4M waits, and 3 parts are too few
+    parts = _parts([8_000_000, 4_000_000, 1_000_000, 1_000_000, 250_000])
+    assert _rows(choose(parts, CFG)) == [250_000, 1_000_000, 1_000_000, 4_000_000, 8_000_000]
+
+
+def test_too_few_parts_or_too_many_rows() -> None:
+    assert choose(_parts([250_000] * 3), CFG) == []
+    assert choose(_parts([9_000_000] * 4), CFG) == []  # 27M would pass max_rows, 2 parts are too few
+    assert _rows(choose(_parts([4_000_000] * 6), CFG)) == [4_000_000] * 5  # 24M would pass max_rows
+    assert choose(_parts([19_000_000] * 5), CFG) == []  # full parts are left alone
+
+
+def test_uneven_tiny_parts_still_merge() -> None:
+    assert _rows(choose(_parts([1, 1000, 1000, 1000]), CFG)) == [1, 1000, 1000, 1000]
+
+
+@given(st.lists(st.integers(1, 3_000_000), min_size=1, max_size=60), st.integers(0, 1 << 30))
+def test_a_steady_stream_rewrites_each_row_few_times(sizes: list[int], seed: int) -> None:
+    """Persist parts one by one, merging as the node would: rows rewritten stay O(log parts) per row
+    and no merged part passes max_rows."""
+    rng = random.Random(seed)
+    live: list[Part] = []
+    written = 0
+    next_id = 0
+    for n in sizes:
+        live.append(Part(id=next_id, hour=0, rows=n, min_ts=0, max_ts=1, files={}))
+        next_id += 1
+        while group := choose(live, CFG):
+            merged = sum(p.rows for p in group)
+            assert merged <= CFG.max_rows
+            written += merged
+            ids = {p.id for p in group}
+            live = [p for p in live if p.id not in ids] + [Part(next_id, 0, merged, 0, 1, {})]
+            next_id += 1
+        rng.shuffle(live)
+    total = sum(sizes)
+    assert sum(p.rows for p in live) == total
+    assert written <= total * 4  # merging the whole hour each time would rewrite rows ~7x here
