@@ -186,7 +186,7 @@ class Manifest:
     def remove_orphans(self, folder: str = "partitions") -> list[str]:
         """Delete part files the manifest does not name (left by a crash mid-write); returns them."""
         known = {f for p in self._state.parts for f in p.files.values()}
-        removed = []
+        removed: list[str] = []
         base = self.root / folder
         if not base.exists():
             return removed

@@ -280,7 +280,7 @@ _TOKEN = typer.Option(envvar="TRIBUTARY_TOKEN", help="Bearer token.")
 
 
 class QueryKind(StrEnum):
-    count = "count"
+    count = "count"  # type: ignore[assignment]  # shadows str.count on purpose: it is the CLI's word
     sum = "sum"
     topk = "topk"
 
