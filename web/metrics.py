@@ -112,6 +112,8 @@ class NodeCollector(Collector):
             ("tributary_retention_runs", "retention.runs", "Retention passes run."),
             ("tributary_retention_dropped_hours", "retention.hours_dropped", "Hours dropped by retention."),
             ("tributary_retention_dropped_rows", "retention.rows_dropped", "Rows dropped by retention."),
+            ("tributary_query_duckdb_answers", "engine.duckdb_answers", "Exact answers that needed DuckDB."),
+            ("tributary_index_loads", "engine.indexes.cache.loads", "Part indexes loaded from their rollup files."),
         ]
         for name, path, doc in counters:
             value = _get(n, path)
@@ -121,6 +123,7 @@ class NodeCollector(Collector):
             ("tributary_buffer_bytes", "buffer.total_bytes", "Bytes of acknowledged rows in the live buffer."),
             ("tributary_buffer_rows", "buffer.total_rows", "Acknowledged rows in the live buffer."),
             ("tributary_start_time_seconds", "started", "Unix time the node started."),
+            ("tributary_index_bytes", "engine.indexes.cache.nbytes", "Bytes of in-memory part indexes."),
         ]
         for name, path, doc in gauges:
             value = _get(n, path)

@@ -67,6 +67,11 @@ def test_the_node_collector_reads_the_lower_layers_counters(node: Node) -> None:
     assert _value(after, "tributary_compaction_seconds_count") >= 1
     assert _value(after, "tributary_parts") == len(node.manifest.state.parts)
     assert _value(after, "tributary_retention_dropped_hours_total") == 0
+    node.aggregate("c0", T0, T0 + 3_600_000_000_000)  # type: ignore[attr-defined]
+    queried = metrics.render().decode()
+    assert _value(queried, "tributary_index_loads_total") >= 1
+    assert _value(queried, "tributary_index_bytes") > 0
+    assert _value(queried, "tributary_query_duckdb_answers_total") == node.engine.duckdb_answers
 
 
 def test_names_follow_the_prometheus_conventions(node: Node) -> None:
