@@ -51,6 +51,7 @@ class TributaryReport:
     stop_code: int | None = None
     took_cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
     http_floor_ms: float | None = None
+    settle_s: float | None = None  # from the last acknowledgement to an empty live buffer
 
 
 @dataclass
@@ -264,6 +265,11 @@ def render(r: RunReport) -> str:
             )
     if t:
         out.append(f"- server exit code after SIGTERM: {t.stop_code}")
+    if t and t.settle_s is not None:
+        out.append(
+            f"- after the last acknowledgement the node persisted its buffer in {t.settle_s} s; queries "
+            "start then (W20 loaded = on disk, as for the peers)"
+        )
     if t and t.stats:
         out.append(f"- server `/v1/stats` after loading: `{t.stats}`")
     if r.chart_path:

@@ -124,6 +124,8 @@ def _run_tributary(
                     f"tributary: {result.fmt} ingest {result.events:,} events in {result.seconds:.2f}s = "
                     f"{result.events_per_s / 1e6:.2f}M events/s ({result.retries} retries)"
                 )
+            settle_s = _settle(server.url)
+            _log(f"tributary: everything acknowledged was persisted {settle_s} s after the last ingest")
             stats = _stats(server.url)
             sampler.enter("queries")
             run = loader.run_queries(server.url, queries)
@@ -150,6 +152,7 @@ def _run_tributary(
         queries=len(queries),
         stats=stats,
         stop_code=code,
+        settle_s=settle_s,
     )
 
 
@@ -165,6 +168,18 @@ def _stats(url: str) -> dict[str, object] | None:
     except httpx.HTTPError:
         return None
     return dict(response.json()) if response.status_code == 200 else None
+
+
+def _settle(url: str, timeout_s: float = 300.0) -> float | None:
+    """Seconds until the node has persisted all it acknowledged (an empty live buffer): "W20
+    loaded" means on disk, as the peers' loads are; None if that takes over ``timeout_s``."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout_s:
+        stats = _stats(url)
+        if stats is not None and stats.get("buffer_rows") == 0:
+            return round(time.perf_counter() - t0, 1)
+        time.sleep(0.2)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
