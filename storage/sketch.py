@@ -6,24 +6,32 @@ with hard bounds), and a KLL sketch of ``value`` (quantiles). Sketches are built
 when a buffer is persisted and afterwards only merged (compaction, range queries), never rebuilt;
 every serialized sketch is bounded by ``SketchConfig.max_bytes()`` whatever the number of rows.
 
-``frequent_error`` stores the frequent-items sketch's maximum error beside it, because the sketch
-cannot carry it itself when a purge evicted every producer: datasketches-cpp then treats it as
-empty, serializes neither its weight nor its error, and skips it in ``merge``
-(apache/datasketches-cpp#527). ``merge_frequent`` puts the two back together.
+``frequent_error`` stores the frequent-items summary's maximum error beside the sketch: every
+producer's count lies within the sketch's bounds, the upper one raised by ``frequent_error -
+frequent_error(sketch)`` (``merge_frequent`` puts the two together). A sketch built from rows
+holds only each group's largest producers, with their exact counts (``SketchConfig.frequent_keep``),
+and its ``frequent_error`` is the exact count of the next one, which the sketch itself cannot
+express. The column also keeps the error of a merge whose purge evicted every producer:
+datasketches-cpp then treats the sketch as empty, serializes neither its weight nor its error,
+and skips it in ``merge`` (apache/datasketches-cpp#527).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import datasketches as ds
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from storage.errors import StorageError
 from storage.schema import HOUR_NS, PRODUCER_MAX_BYTES
+from storage.xxh64 import xxh64_strings
 
 __all__ = [
     "SKETCH_DECODE_ERRORS",
@@ -70,6 +78,10 @@ class SketchConfig:
     - ``frequent_lg_max_k`` (3..26): frequent-items map of 2^lg_max_k slots holding up to
       0.75 * 2^lg_max_k producers; a count is off by at most about 3.5 / 2^lg_max_k of the events
       (0.34 % at 10), and the sketch's own bounds on it are hard, not probabilistic.
+    - ``frequent_keep`` (>= 1): a sketch built from rows holds only the group's ``frequent_keep``
+      producers with most events (exact counts; at most the map's capacity), and its
+      ``frequent_error`` is the exact count of the next one. Fewer is smaller and cheaper to build;
+      the bounds stay hard, only wider for producers beyond the kept ones.
     - ``kll_k`` (8..65535): KLL of ``value``; normalized rank error 1.33 % at 200 (99 %
       confidence), at most about 8 * (3k + 512) bytes. Values are summarised as float64, exact for |value| <= 2^53.
     """
@@ -77,6 +89,7 @@ class SketchConfig:
     hll_lg_k: int = 12
     frequent_lg_max_k: int = 10
     kll_k: int = 200
+    frequent_keep: int = 16
 
     def __post_init__(self) -> None:
         if not 7 <= self.hll_lg_k <= 21:
@@ -85,6 +98,13 @@ class SketchConfig:
             raise ValueError(f"frequent_lg_max_k must be in 3..26, got {self.frequent_lg_max_k}")
         if not 8 <= self.kll_k <= 65535:
             raise ValueError(f"kll_k must be in 8..65535, got {self.kll_k}")
+        if self.frequent_keep < 1:
+            raise ValueError(f"frequent_keep must be at least 1, got {self.frequent_keep}")
+
+    def kept_producers(self) -> int:
+        """How many producers a sketch built from rows holds: ``frequent_keep``, capped at the
+        frequent-items map's capacity so that building never purges."""
+        return min(self.frequent_keep, (3 << self.frequent_lg_max_k) // 4)
 
     def max_bytes(self) -> dict[str, int]:
         """Upper bound on the serialized size of each sketch column, for any number of rows.
@@ -104,65 +124,133 @@ def build_sketches(rows: pa.Table, config: SketchConfig = SketchConfig()) -> pa.
     """Sketch raw rows (``STORED_SCHEMA`` columns) into one ``SKETCH_SCHEMA`` row per
     (category, shard, hour), sorted by those keys; ``hour`` is the timestamp floored to the hour.
 
-    The cost is one hash aggregation plus one sketch update per distinct (group, producer), not
-    per event: producers are pre-aggregated to (producer, event count) pairs, and values go to
-    KLL as one numpy array per group (about 0.5 s for 1M rows of 100k producers).
+    Producers are counted exactly first, so the frequent-items sketch gets only each group's
+    ``config.kept_producers()`` largest producers with their exact counts, and ``frequent_error``
+    is the next largest count: no producer left out has more events. The HLL sees every
+    distinct (group, producer) once, and values go to KLL as one sorted array per group (KLL's
+    bounds hold for any input order; sorted values compress better). The bytes do not depend on
+    row order (kll aside: its compaction is randomised by design).
+
+    Cost: a few integer sorts over the rows (no string sort), then one sketch update per
+    distinct (group, producer) for the HLL and at most ``kept_producers()`` per group for the
+    frequent items.
     """
     if rows.num_rows == 0:
         return SKETCH_SCHEMA.empty_table()
-    df = pl.from_arrow(rows.select(["timestamp", "category", "value", "producer_id", "shard"]))
-    assert isinstance(df, pl.DataFrame)
-    keys = list(SKETCH_KEYS)
-    # One hash aggregation, then a sort of the (few) groups only: sorting the raw rows by a
-    # string key costs several times more. Producers are sorted within their group before the
-    # run-length count so the frequent-items sketch sees a deterministic order (its purges
-    # depend on it): hll and frequent come out byte-identical for any row order (kll does not,
-    # its compaction is randomised by design).
-    groups = (
-        df.lazy()
-        .with_columns(hour=(pl.col("timestamp") // HOUR_NS) * HOUR_NS)
-        .group_by(keys)
-        .agg(n=pl.len(), value=pl.col("value"), runs=pl.col("producer_id").sort().rle())
-        .sort(keys)
-        .collect()
+    key, decode = _group_keys(rows)
+    keys, sizes, values = _sorted_values(key, _combined(rows["value"]).to_numpy())
+    producers = _combined(rows["producer_id"]).dictionary_encode()
+    codes = producers.indices.to_numpy().astype(np.int64)
+    distinct = max(len(producers.dictionary), 1)
+    # Exact (group, producer) counts from one sort of a combined integer: the group's key itself
+    # when the product fits, else its position among the groups (< rows, so it fits).
+    by_key = int(keys[-1]) < _KEY_LIMIT // distinct
+    group_of = key if by_key else np.searchsorted(keys, key)
+    pair_keys = pl.Series(group_of * distinct + codes).sort().to_numpy()
+    firsts = np.flatnonzero(np.diff(pair_keys, prepend=-1))
+    counts = np.diff(np.append(firsts, len(pair_keys)))
+    pair_group, pair_code = np.divmod(pair_keys[firsts], distinct)
+    if by_key:
+        pair_group = np.searchsorted(keys, pair_group)  # sorted needles: one pass
+    # Within a group, most events first; ties by the producer's hash, so that which producers
+    # are kept does not depend on the order the rows (and so the codes) came in.
+    tie = xxh64_strings(producers.dictionary)[pair_code]
+    order = (
+        pl.DataFrame({"g": pair_group, "c": -counts, "t": tie})
+        .with_row_index()
+        .sort(["g", "c", "t"])["index"]
+        .to_numpy()
     )
-    # The binding accepts only writable float64 arrays, and polars hands out read-only views.
-    values = np.array(groups["value"].explode().cast(pl.Float64).to_numpy(), dtype=np.float64, copy=True)
-    runs = groups["runs"].explode().struct.unnest()
-    producers = runs["value"].to_list()
-    weights = runs["len"].to_list()
-    pair_counts = groups["runs"].list.len().to_list()
+    pair_code, counts = pair_code[order], counts[order]
+    starts = np.searchsorted(pair_group[order], np.arange(len(keys)))
+    ends = np.append(starts[1:], len(order))
+    names = producers.dictionary.take(pa.array(pair_code)).to_pylist()
+    weights = counts.tolist()
+    keep = config.kept_producers()
     hlls: list[bytes] = []
     frequents: list[bytes] = []
     errors: list[int] = []
     klls: list[bytes] = []
-    row_start = pair_start = 0
-    for n, m in zip(groups["n"].to_list(), pair_counts, strict=True):
+    row_start = 0
+    for n, first, end in zip(sizes.tolist(), starts.tolist(), ends.tolist(), strict=True):
         hll = ds.hll_sketch(config.hll_lg_k, _HLL_TYPE)
+        # map() calls the bound method from C: a third cheaper than a Python for loop.
+        deque(map(hll.update, names[first:end]), 0)
+        top = min(end, first + keep)
         frequent = ds.frequent_strings_sketch(config.frequent_lg_max_k)
-        for producer, weight in zip(
-            producers[pair_start : pair_start + m], weights[pair_start : pair_start + m], strict=True
-        ):
-            hll.update(producer)
-            frequent.update(producer, weight)
+        deque(map(frequent.update, names[first:top], weights[first:top]), 0)
         kll = ds.kll_doubles_sketch(config.kll_k)
         kll.update(values[row_start : row_start + n])
         hlls.append(hll.serialize_compact())
         frequents.append(frequent.serialize())
-        errors.append(frequent_error(frequent))
+        errors.append(weights[top] if top < end else 0)
         klls.append(kll.serialize())
         row_start += n
-        pair_start += m
-    return _sketch_table(
-        groups["category"].to_list(),
-        groups["shard"].to_list(),
-        groups["hour"].to_list(),
-        groups["n"].to_list(),
-        hlls,
-        frequents,
-        errors,
-        klls,
-    )
+    categories, shards, hours = decode(keys)
+    return _sketch_table(categories, shards, hours, sizes.tolist(), hlls, frequents, errors, klls)
+
+
+def _combined(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+_Ints = npt.NDArray[np.int64]
+# Combined integer keys stay below this, so that no product overflows an int64; beyond it the
+# build takes slower general paths (tests lower it to exercise them).
+_KEY_LIMIT = 1 << 62
+
+
+def _group_keys(rows: pa.Table) -> tuple[_Ints, Callable[[_Ints], tuple[list[str], list[int], list[int]]]]:
+    """Each row's (category, shard, hour) as one non-negative int64 that sorts as the triple
+    does, and the function turning keys back into (categories, shards, hours)."""
+    categories = _combined(rows["category"]).dictionary_encode()
+    # Codes ranked by the category itself, so that sorting codes sorts categories.
+    ranks = pc.rank(categories.dictionary, sort_keys="ascending").to_numpy().astype(np.int64) - 1
+    by_rank = categories.dictionary.take(pa.array(np.argsort(ranks)))
+    category = ranks[categories.indices.to_numpy()]
+    shard = _combined(rows["shard"]).to_numpy().astype(np.int64)
+    hour = _combined(rows["timestamp"]).to_numpy() // HOUR_NS  # floor, also before 1970
+    first_hour = int(hour.min())
+    span = int(hour.max()) - first_hour + 1
+    hour_of: _Ints | None = None
+    if len(by_rank) * (1 << 16) * span >= _KEY_LIMIT:
+        # Millions of categories over centuries: number the hours present instead (a sort).
+        hour_of, hour = np.unique(hour, return_inverse=True)
+        span = len(hour_of)
+    else:
+        hour = hour - first_hour
+    key = (category * (1 << 16) + shard) * span + hour
+
+    def decode(keys: _Ints) -> tuple[list[str], list[int], list[int]]:
+        group_category, rest = np.divmod(keys, (1 << 16) * span)
+        group_shard, group_hour = np.divmod(rest, span)
+        hours = hour_of[group_hour] if hour_of is not None else group_hour + first_hour
+        return (
+            by_rank.take(pa.array(group_category)).to_pylist(),
+            group_shard.tolist(),
+            (hours * HOUR_NS).tolist(),
+        )
+
+    return key, decode
+
+
+def _sorted_values(key: _Ints, value: _Ints) -> tuple[_Ints, _Ints, npt.NDArray[np.float64]]:
+    """The distinct keys in order, each one's row count, and the rows' values as float64
+    sorted by (key, value)."""
+    low, high = int(value.min()), int(value.max())
+    width = high - low + 1
+    if (int(key.max()) + 1) * width < _KEY_LIMIT:
+        # One sort of a combined integer (polars sorts int64 several times faster than lexsort).
+        combined = pl.Series(key * width + (value - low)).sort().to_numpy()
+        by_key, values = np.divmod(combined, width)
+        values += low
+    else:
+        order = np.lexsort((value, key))
+        by_key, values = key[order], value[order]
+    firsts = np.flatnonzero(np.diff(by_key, prepend=-1))
+    sizes = np.diff(np.append(firsts, len(by_key)))
+    # The binding accepts only writable float64 arrays.
+    return by_key[firsts], sizes, values.astype(np.float64)
 
 
 def frequent_error(sketch: ds.frequent_strings_sketch) -> int:

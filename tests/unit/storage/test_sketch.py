@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from storage import sketch
 from storage.errors import StorageError
 from storage.schema import HOUR_NS, STORED_SCHEMA, ShardHasher
 from storage.sketch import (
@@ -276,33 +277,131 @@ def test_serialized_sizes_are_bounded_by_the_config(n: int) -> None:
     assert merged["n"].to_pylist() == [2 * n]
 
 
-def test_error_survives_a_purge_that_evicts_every_producer() -> None:
-    # Equal counts: each purge subtracts the median from all counters and evicts them all, and
-    # DataSketches then serializes the sketch as empty, without its error
-    # (apache/datasketches-cpp#527). The frequent_error column must carry it.
-    n = 300
-    producers = [f"p{i:03d}" for i in range(100)] * 3
-    rows = pa.table(
+def one_group(producers: list[str], values: list[int] | None = None) -> pa.Table:
+    """STORED_SCHEMA rows of one (category, shard, hour) group, one per producer given."""
+    n = len(producers)
+    return pa.table(
         {
             "timestamp": pa.array([T0] * n, pa.int64()),
             "category": ["c"] * n,
-            "value": pa.array(range(n), pa.int64()),
+            "value": pa.array(values if values is not None else range(n), pa.int64()),
             "producer_id": producers,
             "shard": pa.array([0] * n, pa.uint16()),
             "batch_id": pa.array([0] * n, pa.int64()),
         },
         schema=STORED_SCHEMA,
     )
-    config = SketchConfig(frequent_lg_max_k=5)  # 100 equal producers end on a full purge
-    built = build_sketches(rows, config)
-    stored = ds.frequent_strings_sketch.deserialize(built["frequent"][0].as_py())
+
+
+def test_error_survives_a_purge_that_evicts_every_producer() -> None:
+    # A merge of equal counts one past the map's capacity (6 at lg_max_k 3): the purge subtracts
+    # the median from all counters and evicts them all, and DataSketches then serializes the
+    # sketch as empty, without its error (apache/datasketches-cpp#527). The frequent_error
+    # column must carry it.
+    config = SketchConfig(frequent_lg_max_k=3)
+    full = one_group([f"p{i:03d}" for i in range(6)] * 3)
+    extra = one_group(["p006"] * 3)
+    merged = merge_sketch_tables([build_sketches(full, config), build_sketches(extra, config)], config)
+    stored = ds.frequent_strings_sketch.deserialize(merged["frequent"][0].as_py())
     assert stored.num_active_items == 0 and frequent_error(stored) == 0  # the upstream loss
-    assert built["frequent_error"].to_pylist()[0] >= 3
+    assert merged["frequent_error"].to_pylist()[0] >= 3
+    both = pa.concat_tables([full, extra])
+    assert check_frequent_bounds(merged, both) == 1
+    # Merged again with a sketch that did keep its items, the lost error still bounds every count.
+    other = both.slice(0, 5)
+    again = merge_sketch_tables([merged, build_sketches(other, config)], config)
+    assert check_frequent_bounds(again, pa.concat_tables([both, other])) == 1
+
+
+def test_frequent_holds_the_top_producers_with_exact_counts() -> None:
+    counts = {"a": 10, "b": 7, "c": 7, "d": 5, "e": 2, "f": 1}
+    rows = one_group([p for p, n in counts.items() for _ in range(n)])
+    built = build_sketches(rows, SketchConfig(frequent_keep=3))
+    fi = ds.frequent_strings_sketch.deserialize(built["frequent"][0].as_py())
+    assert {p: est for p, est, _, _ in fi.get_frequent_items(ds.NO_FALSE_NEGATIVES)} == {"a": 10, "b": 7, "c": 7}
+    assert frequent_error(fi) == 0  # the sketch itself is exact ...
+    assert built["frequent_error"].to_pylist() == [5]  # ... and "d", the next, bounds the rest
     assert check_frequent_bounds(built, rows) == 1
-    # Merged with a sketch that did keep its items, the lost error still bounds every count.
-    other = rows.slice(0, 5)
-    merged = merge_sketch_tables([built, build_sketches(other, config)], config)
-    assert check_frequent_bounds(merged, pa.concat_tables([rows, other])) == 1
+    # A tie at the cut: either producer may be kept, but the bound is the tied count.
+    tied = build_sketches(rows, SketchConfig(frequent_keep=2))
+    kept = ds.frequent_strings_sketch.deserialize(tied["frequent"][0].as_py()).get_frequent_items(ds.NO_FALSE_NEGATIVES)
+    assert kept[0][:2] == ("a", 10) and kept[1][1] == 7 and tied["frequent_error"].to_pylist() == [7]
+    # Every producer kept: nothing left out, so no error.
+    assert build_sketches(rows, SketchConfig(frequent_keep=6))["frequent_error"].to_pylist() == [0]
+
+
+def test_kept_producers_never_exceed_the_map_capacity() -> None:
+    assert SketchConfig(frequent_lg_max_k=3, frequent_keep=100).kept_producers() == 6
+    assert SketchConfig(frequent_keep=16).kept_producers() == 16
+    rows = one_group([f"p{i:02d}" for i in range(20) for _ in range(i + 1)])
+    built = build_sketches(rows, SketchConfig(frequent_lg_max_k=3, frequent_keep=100))
+    fi = ds.frequent_strings_sketch.deserialize(built["frequent"][0].as_py())
+    # Six largest (p19..p14) held exactly, with no purge; p13's count bounds the rest.
+    assert sorted(est for _, est, _, _ in fi.get_frequent_items(ds.NO_FALSE_NEGATIVES)) == list(range(15, 21))
+    assert built["frequent_error"].to_pylist() == [14]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    events=st.lists(
+        st.tuples(st.integers(0, 3), st.sampled_from(["a", "b"]), st.integers(0, 11)), min_size=1, max_size=200
+    ),
+    keep=st.integers(1, 12),
+)
+def test_frequent_is_the_exact_top_of_each_group(events: list[tuple[int, str, int]], keep: int) -> None:
+    hours, cats, producers = (list(c) for c in zip(*events, strict=True))
+    ids = [f"p{p}" for p in producers]
+    rows = pa.table(
+        {
+            "timestamp": pa.array([T0 + h * HOUR_NS for h in hours], pa.int64()),
+            "category": cats,
+            "value": pa.array(range(len(ids)), pa.int64()),
+            "producer_id": ids,
+            "shard": ShardHasher(3)(pa.array(ids)),
+            "batch_id": pa.array([0] * len(ids), pa.int64()),
+        },
+        schema=STORED_SCHEMA,
+    )
+    built = build_sketches(rows, SketchConfig(frequent_keep=keep))
+    counts = producer_counts(rows)
+    for key, row in by_key(built).items():
+        ranked = sorted(counts[key].values(), reverse=True)
+        fi = ds.frequent_strings_sketch.deserialize(row["frequent"])  # type: ignore[arg-type]
+        items = fi.get_frequent_items(ds.NO_FALSE_NEGATIVES)
+        # The kept ones: exact counts, and the largest ones (ties at the cut in any order).
+        assert all(est == lb == ub == counts[key][p] for p, est, lb, ub in items)
+        assert sorted((est for _, est, _, _ in items), reverse=True) == ranked[:keep]
+        assert row["frequent_error"] == (ranked[keep] if len(ranked) > keep else 0)
+    check_frequent_bounds(built, rows)
+
+
+@pytest.mark.parametrize("key_limit", [1 << 62, 1 << 8])
+def test_wide_keys_and_values_take_the_general_paths(key_limit: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Keys and values too wide for one combined integer take slower, general paths; a low limit
+    # sends every step there, and the result must not change.
+    monkeypatch.setattr(sketch, "_KEY_LIMIT", key_limit)
+    hours = [-(2**62) // HOUR_NS, 0, 2**62 // HOUR_NS]
+    rows = pa.table(
+        {
+            "timestamp": pa.array([h * HOUR_NS for h in hours for _ in range(3)], pa.int64()),
+            "category": ["c", "b", "c"] * 3,
+            "value": pa.array([-(2**62), 2**62, 7] * 3, pa.int64()),
+            "producer_id": ["p", "q", "p"] * 3,
+            "shard": pa.array([1, 0, 1] * 3, pa.uint16()),
+            "batch_id": pa.array([0] * 9, pa.int64()),
+        },
+        schema=STORED_SCHEMA,
+    )
+    built = build_sketches(rows)
+    want = exact(
+        rows, "SELECT category, shard, hour, count(*), min(value), max(value) FROM r GROUP BY ALL ORDER BY ALL"
+    )
+    kll = [ds.kll_doubles_sketch.deserialize(b) for b in built["kll"].to_pylist()]
+    got = [
+        (c, s, h, n, int(k.get_min_value()), int(k.get_max_value()))
+        for c, s, h, n, k in zip(*(built[x].to_pylist() for x in ("category", "shard", "hour", "n")), kll, strict=True)
+    ]
+    assert got == want
 
 
 def test_default_bounds_are_a_few_kilobytes() -> None:
@@ -327,3 +426,12 @@ def test_corrupt_sketch_is_a_storage_error() -> None:
 def test_config_rejects_out_of_range_sizes(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError):
         SketchConfig(**kwargs)
+
+
+def test_general_paths_build_the_same_sketches(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = workload(seed=8, n=5_000, producers=2_000)
+    fast = build_sketches(rows, SMALL)
+    monkeypatch.setattr(sketch, "_KEY_LIMIT", 1 << 8)
+    slow = build_sketches(rows, SMALL)
+    assert slow.drop_columns(["kll"]) == fast.drop_columns(["kll"])
+    assert check_frequent_bounds(slow, rows) > 0
