@@ -89,7 +89,7 @@ class SketchConfig:
     hll_lg_k: int = 12
     frequent_lg_max_k: int = 10
     kll_k: int = 200
-    frequent_keep: int = 16
+    frequent_keep: int = 8
 
     def __post_init__(self) -> None:
         if not 7 <= self.hll_lg_k <= 21:
@@ -155,12 +155,9 @@ def build_sketches(rows: pa.Table, config: SketchConfig = SketchConfig()) -> pa.
     # Within a group, most events first; ties by the producer's hash, so that which producers
     # are kept does not depend on the order the rows (and so the codes) came in.
     tie = xxh64_strings(producers.dictionary)[pair_code]
-    order = (
-        pl.DataFrame({"g": pair_group, "c": -counts, "t": tie})
-        .with_row_index()
-        .sort(["g", "c", "t"])["index"]
-        .to_numpy()
-    )
+    # (group, most events first) as one integer: below rows^2 < 2^62.
+    rank_key = pair_group * (int(counts.max()) + 1) - counts
+    order = pl.DataFrame({"k": rank_key, "t": tie}).with_row_index().sort(["k", "t"])["index"].to_numpy()
     pair_code, counts = pair_code[order], counts[order]
     starts = np.searchsorted(pair_group[order], np.arange(len(keys)))
     ends = np.append(starts[1:], len(order))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -24,6 +25,11 @@ __all__ = ["SKETCH_KIND", "SketchExtra", "read_sketch_file", "write_sketch_file"
 
 SKETCH_KIND = "sketch"
 
+# Dictionaries and statistics only for the keys (readers filter on them): the sketch blobs never
+# repeat, and min/max statistics of a blob column would copy whole sketches into the footer.
+_KEYS = ["category", "shard", "hour"]
+_WRITE_OPTIONS: dict[str, Any] = {"use_dictionary": _KEYS, "write_statistics": _KEYS}
+
 # What the sketches are built from: the columns build_sketches reads.
 _SKETCHED_COLUMNS = "timestamp, category, value, producer_id, shard"
 
@@ -33,7 +39,7 @@ def write_sketch_file(table: pa.Table, path: str, compression: str = "zstd") -> 
     The caller renames it into place."""
     table = table.select(SKETCH_SCHEMA.names).cast(SKETCH_SCHEMA)
     with open(path, "wb") as f:
-        pq.write_table(table, f, compression=compression)
+        pq.write_table(table, f, compression=compression, **_WRITE_OPTIONS)
         f.flush()
         os.fsync(f.fileno())
 

@@ -1,0 +1,57 @@
+"""Sketch files: what is written, and that files of earlier writers still read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from storage.errors import StorageError
+from storage.sketch import SKETCH_SCHEMA, build_sketches
+from storage.sketchfile import read_sketch_file, write_sketch_file
+from tests.unit.storage.test_sketch import workload
+
+
+@pytest.fixture(scope="module")
+def sketches() -> pa.Table:
+    return build_sketches(workload(seed=11, n=20_000, producers=3_000))
+
+
+def test_round_trip(tmp_path: Path, sketches: pa.Table) -> None:
+    path = tmp_path / "sketch.parquet"
+    write_sketch_file(sketches, str(path))
+    assert read_sketch_file(str(path)) == sketches
+
+
+def test_statistics_and_dictionaries_only_for_the_keys(tmp_path: Path, sketches: pa.Table) -> None:
+    path = tmp_path / "sketch.parquet"
+    write_sketch_file(sketches, str(path))
+    meta = pq.ParquetFile(path).metadata
+    for g in range(meta.num_row_groups):
+        for c in range(meta.num_columns):
+            column = meta.row_group(g).column(c)
+            key = column.path_in_schema in ("category", "shard", "hour")
+            # A blob's min/max would copy whole sketches into the footer.
+            assert column.is_stats_set == key, column.path_in_schema
+            assert ("RLE_DICTIONARY" in column.encodings) == key, column.path_in_schema
+
+
+def test_files_of_the_earlier_writer_still_read(tmp_path: Path, sketches: pa.Table) -> None:
+    # The writer before the build changes: pyarrow defaults (dictionaries and statistics on
+    # every column). The columns and their meaning did not change, so such files read as before.
+    path = tmp_path / "old.parquet"
+    pq.write_table(sketches, path, compression="zstd")
+    assert read_sketch_file(str(path)) == sketches
+
+
+def test_unreadable_files_are_storage_errors(tmp_path: Path, sketches: pa.Table) -> None:
+    missing = tmp_path / "missing-column.parquet"
+    pq.write_table(sketches.drop_columns(["kll"]), missing)
+    garbage = tmp_path / "garbage.parquet"
+    garbage.write_bytes(b"not parquet at all")
+    for path in (missing, garbage, tmp_path / "absent.parquet"):
+        with pytest.raises(StorageError, match="cannot be read"):
+            read_sketch_file(str(path))
+    assert SKETCH_SCHEMA.names[-1] == "kll"
