@@ -19,7 +19,7 @@ and skips it in ``merge`` (apache/datasketches-cpp#527).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import datasketches as ds
@@ -120,7 +120,9 @@ class SketchConfig:
         }
 
 
-def build_sketches(rows: pa.Table, config: SketchConfig = SketchConfig()) -> pa.Table:
+def build_sketches(
+    rows: pa.Table, config: SketchConfig = SketchConfig(), producer_counts: pa.Table | None = None
+) -> pa.Table:
     """Sketch raw rows (``STORED_SCHEMA`` columns) into one ``SKETCH_SCHEMA`` row per
     (category, shard, hour), sorted by those keys; ``hour`` is the timestamp floored to the hour.
 
@@ -131,37 +133,25 @@ def build_sketches(rows: pa.Table, config: SketchConfig = SketchConfig()) -> pa.
     bounds hold for any input order; sorted values compress better). The bytes do not depend on
     row order (kll aside: its compaction is randomised by design).
 
+    ``producer_counts``, when given, is the producer rollup of exactly these rows (columns
+    category, shard, hour, producer_id, count, as ``storage.rollup.producer_rollup`` makes it),
+    which saves counting them again; raises ``ValueError`` if its counts do not add up to the rows.
+
     Cost: a few integer sorts over the rows (no string sort), then one sketch update per
     distinct (group, producer) for the HLL and at most ``kept_producers()`` per group for the
     frequent items.
     """
     if rows.num_rows == 0:
         return SKETCH_SCHEMA.empty_table()
-    key, decode = _group_keys(rows)
+    groups = _Groups(rows)
+    key = groups.key(rows["category"], rows["shard"], _combined(rows["timestamp"]).to_numpy())
     keys, sizes, values = _sorted_values(key, _combined(rows["value"]).to_numpy())
-    producers = _combined(rows["producer_id"]).dictionary_encode()
-    codes = producers.indices.to_numpy().astype(np.int64)
-    distinct = max(len(producers.dictionary), 1)
-    # Exact (group, producer) counts from one sort of a combined integer: the group's key itself
-    # when the product fits, else its position among the groups (< rows, so it fits).
-    by_key = int(keys[-1]) < _KEY_LIMIT // distinct
-    group_of = key if by_key else np.searchsorted(keys, key)
-    pair_keys = pl.Series(group_of * distinct + codes).sort().to_numpy()
-    firsts = np.flatnonzero(np.diff(pair_keys, prepend=-1))
-    counts = np.diff(np.append(firsts, len(pair_keys)))
-    pair_group, pair_code = np.divmod(pair_keys[firsts], distinct)
-    if by_key:
-        pair_group = np.searchsorted(keys, pair_group)  # sorted needles: one pass
-    # Within a group, most events first; ties by the producer's hash, so that which producers
-    # are kept does not depend on the order the rows (and so the codes) came in.
-    tie = xxh64_strings(producers.dictionary)[pair_code]
-    # (group, most events first) as one integer: below rows^2 < 2^62.
-    rank_key = pair_group * (int(counts.max()) + 1) - counts
-    order = pl.DataFrame({"k": rank_key, "t": tie}).with_row_index().sort(["k", "t"])["index"].to_numpy()
-    pair_code, counts = pair_code[order], counts[order]
-    starts = np.searchsorted(pair_group[order], np.arange(len(keys)))
-    ends = np.append(starts[1:], len(order))
-    names = producers.dictionary.take(pa.array(pair_code)).to_pylist()
+    if producer_counts is None:
+        pair_group, names, counts = _count_pairs(key, keys, _combined(rows["producer_id"]))
+    else:
+        pair_group, names, counts = _ranked_pairs(groups, keys, producer_counts, rows.num_rows)
+    starts = np.searchsorted(pair_group, np.arange(len(keys)))
+    ends = np.append(starts[1:], len(pair_group))
     weights = counts.tolist()
     keep = config.kept_producers()
     hlls: list[bytes] = []
@@ -183,7 +173,7 @@ def build_sketches(rows: pa.Table, config: SketchConfig = SketchConfig()) -> pa.
         errors.append(weights[top] if top < end else 0)
         klls.append(kll.serialize())
         row_start += n
-    categories, shards, hours = decode(keys)
+    categories, shards, hours = groups.decode(keys)
     return _sketch_table(categories, shards, hours, sizes.tolist(), hlls, frequents, errors, klls)
 
 
@@ -197,38 +187,83 @@ _Ints = npt.NDArray[np.int64]
 _KEY_LIMIT = 1 << 62
 
 
-def _group_keys(rows: pa.Table) -> tuple[_Ints, Callable[[_Ints], tuple[list[str], list[int], list[int]]]]:
-    """Each row's (category, shard, hour) as one non-negative int64 that sorts as the triple
-    does, and the function turning keys back into (categories, shards, hours)."""
-    categories = _combined(rows["category"]).dictionary_encode()
-    # Codes ranked by the category itself, so that sorting codes sorts categories.
-    ranks = pc.rank(categories.dictionary, sort_keys="ascending").to_numpy().astype(np.int64) - 1
-    by_rank = categories.dictionary.take(pa.array(np.argsort(ranks)))
-    category = ranks[categories.indices.to_numpy()]
-    shard = _combined(rows["shard"]).to_numpy().astype(np.int64)
-    hour = _combined(rows["timestamp"]).to_numpy() // HOUR_NS  # floor, also before 1970
-    first_hour = int(hour.min())
-    span = int(hour.max()) - first_hour + 1
-    hour_of: _Ints | None = None
-    if len(by_rank) * (1 << 16) * span >= _KEY_LIMIT:
-        # Millions of categories over centuries: number the hours present instead (a sort).
-        hour_of, hour = np.unique(hour, return_inverse=True)
-        span = len(hour_of)
-    else:
-        hour = hour - first_hour
-    key = (category * (1 << 16) + shard) * span + hour
+class _Groups:
+    """(category, shard, hour) triples of some rows as non-negative int64 keys that sort as the
+    triples do, and back."""
 
-    def decode(keys: _Ints) -> tuple[list[str], list[int], list[int]]:
-        group_category, rest = np.divmod(keys, (1 << 16) * span)
-        group_shard, group_hour = np.divmod(rest, span)
-        hours = hour_of[group_hour] if hour_of is not None else group_hour + first_hour
-        return (
-            by_rank.take(pa.array(group_category)).to_pylist(),
-            group_shard.tolist(),
-            (hours * HOUR_NS).tolist(),
-        )
+    def __init__(self, rows: pa.Table) -> None:
+        categories = pc.unique(_combined(rows["category"]))
+        # Categories in order, so that a category's position sorts as the category does.
+        self.categories = categories.take(pc.sort_indices(categories))
+        hour = _combined(rows["timestamp"]).to_numpy() // HOUR_NS  # floor, also before 1970
+        self.first_hour = int(hour.min())
+        self.span = int(hour.max()) - self.first_hour + 1
+        self.hours: _Ints | None = None
+        if len(self.categories) * (1 << 16) * self.span >= _KEY_LIMIT:
+            # Millions of categories over centuries: number the hours present instead.
+            self.hours = np.unique(hour)
+            self.span = len(self.hours)
 
-    return key, decode
+    def key(self, category: pa.Array | pa.ChunkedArray, shard: pa.Array | pa.ChunkedArray, ts: _Ints) -> _Ints:
+        """The keys of rows with these columns (``ts``: any timestamp within the hour)."""
+        position = pc.index_in(_combined(category), value_set=self.categories)
+        if position.null_count:
+            raise ValueError("a category the rows do not have")
+        hour = ts // HOUR_NS
+        index = np.searchsorted(self.hours, hour) if self.hours is not None else hour - self.first_hour
+        shards = _combined(shard).to_numpy().astype(np.int64)
+        key: _Ints = (position.to_numpy().astype(np.int64) * (1 << 16) + shards) * self.span + index
+        return key
+
+    def decode(self, keys: _Ints) -> tuple[list[str], list[int], list[int]]:
+        """(categories, shards, hours) of ``keys``."""
+        category, rest = np.divmod(keys, (1 << 16) * self.span)
+        shard, index = np.divmod(rest, self.span)
+        hour = self.hours[index] if self.hours is not None else index + self.first_hour
+        return self.categories.take(pa.array(category)).to_pylist(), shard.tolist(), (hour * HOUR_NS).tolist()
+
+
+def _count_pairs(key: _Ints, keys: _Ints, producer_id: pa.Array) -> tuple[_Ints, list[str], _Ints]:
+    """Exact counts of each distinct (group, producer) of the rows, ranked within each group by
+    ``_rank``: (group positions in ``keys``, producers, counts)."""
+    producers = producer_id.dictionary_encode()
+    codes = producers.indices.to_numpy().astype(np.int64)
+    distinct = max(len(producers.dictionary), 1)
+    # One sort of a combined integer: the group's key itself when the product fits, else its
+    # position among the groups (< rows, so it fits).
+    by_key = int(keys[-1]) < _KEY_LIMIT // distinct
+    group_of = key if by_key else np.searchsorted(keys, key)
+    pair_keys = pl.Series(group_of * distinct + codes).sort().to_numpy()
+    firsts = np.flatnonzero(np.diff(pair_keys, prepend=-1))
+    counts = np.diff(np.append(firsts, len(pair_keys)))
+    pair_group, pair_code = np.divmod(pair_keys[firsts], distinct)
+    if by_key:
+        pair_group = np.searchsorted(keys, pair_group)  # sorted needles: one pass
+    order = _rank(pair_group, counts, xxh64_strings(producers.dictionary)[pair_code])
+    return pair_group[order], producers.dictionary.take(pa.array(pair_code[order])).to_pylist(), counts[order]
+
+
+def _ranked_pairs(groups: _Groups, keys: _Ints, table: pa.Table, rows: int) -> tuple[_Ints, list[str], _Ints]:
+    """``_count_pairs`` from a producer rollup of the rows instead of the rows."""
+    counts = _combined(table["count"]).to_numpy().astype(np.int64)
+    if int(counts.sum()) != rows:
+        raise ValueError(f"producer counts add up to {int(counts.sum())} events, not the {rows} rows sketched")
+    key = groups.key(table["category"], table["shard"], _combined(table["hour"]).to_numpy())
+    pair_group = np.searchsorted(keys, key)
+    if not np.array_equal(keys[np.minimum(pair_group, len(keys) - 1)], key):
+        raise ValueError("producer counts of a (category, shard, hour) the rows do not have")
+    producer_id = _combined(table["producer_id"])
+    order = _rank(pair_group, counts, xxh64_strings(producer_id))
+    return pair_group[order], producer_id.take(pa.array(order)).to_pylist(), counts[order]
+
+
+def _rank(group: _Ints, counts: _Ints, tie: npt.NDArray[np.uint64]) -> _Ints:
+    """The order of (group, producer) pairs by group, most events first, then by the producer's
+    hash, so that which producers are kept (and the bytes) do not depend on the rows' order."""
+    # (group, most events first) as one integer: group positions and counts are below 2^31.
+    rank_key = group * (int(counts.max()) + 1) - counts
+    order: _Ints = pl.DataFrame({"k": rank_key, "t": tie}).with_row_index().sort(["k", "t"])["index"].to_numpy()
+    return order
 
 
 def _sorted_values(key: _Ints, value: _Ints) -> tuple[_Ints, _Ints, npt.NDArray[np.float64]]:

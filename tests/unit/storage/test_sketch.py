@@ -9,12 +9,14 @@ import datasketches as ds
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storage import sketch
 from storage.errors import StorageError
+from storage.rollup import producer_rollup
 from storage.schema import HOUR_NS, STORED_SCHEMA, ShardHasher
 from storage.sketch import (
     SKETCH_SCHEMA,
@@ -435,3 +437,25 @@ def test_general_paths_build_the_same_sketches(monkeypatch: pytest.MonkeyPatch) 
     slow = build_sketches(rows, SMALL)
     assert slow.drop_columns(["kll"]) == fast.drop_columns(["kll"])
     assert check_frequent_bounds(slow, rows) > 0
+
+
+@pytest.mark.parametrize("seed", [9, 10])
+def test_producer_rollup_gives_the_same_sketches(seed: int) -> None:
+    rows = workload(seed=seed, n=8_000, producers=1_500, hours=2)
+    from_rows = build_sketches(rows, SMALL)
+    from_counts = build_sketches(rows, SMALL, producer_counts=producer_rollup(rows))
+    assert from_counts.drop_columns(["kll"]) == from_rows.drop_columns(["kll"])
+    assert check_frequent_bounds(from_counts, rows) > 0
+
+
+def test_producer_counts_must_be_of_the_rows() -> None:
+    rows = workload(seed=12, n=2_000, hours=2)
+    counts = producer_rollup(rows)
+    with pytest.raises(ValueError, match="add up"):
+        build_sketches(rows, SMALL, producer_counts=counts.slice(1))
+    with pytest.raises(ValueError, match="add up"):
+        build_sketches(rows.slice(1), SMALL, producer_counts=counts)
+    # The right total, but a group the rows do not have.
+    moved = counts.set_column(2, "hour", pc.add(counts["hour"], pa.scalar(7 * HOUR_NS, pa.int64())))
+    with pytest.raises(ValueError, match="do not have"):
+        build_sketches(rows, SMALL, producer_counts=moved)

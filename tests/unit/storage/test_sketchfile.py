@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from storage.errors import StorageError
-from storage.sketch import SKETCH_SCHEMA, build_sketches
-from storage.sketchfile import read_sketch_file, write_sketch_file
+from storage.rollup import producer_rollup
+from storage.sketch import SKETCH_SCHEMA, SketchConfig, build_sketches
+from storage.sketchfile import SketchExtra, read_sketch_file, write_sketch_file
 from tests.unit.storage.test_sketch import workload
 
 
@@ -55,3 +57,19 @@ def test_unreadable_files_are_storage_errors(tmp_path: Path, sketches: pa.Table)
         with pytest.raises(StorageError, match="cannot be read"):
             read_sketch_file(str(path))
     assert SKETCH_SCHEMA.names[-1] == "kll"
+
+
+def test_build_paths_write_the_same_sketches(tmp_path: Path) -> None:
+    rows = workload(seed=13, n=6_000, producers=1_000, hours=1)
+    extra = SketchExtra(SketchConfig(hll_lg_k=8, frequent_lg_max_k=4, kll_k=16))
+    con = duckdb.connect()
+    con.register("part_rows", rows)
+    extra.build(con, "part_rows", str(tmp_path / "duckdb.parquet"))
+    extra.build_table(rows, str(tmp_path / "table.parquet"))
+    extra.build_table(rows, str(tmp_path / "rollup.parquet"), producer_rollup(rows))
+    tables = [
+        read_sketch_file(str(tmp_path / f"{name}.parquet")).drop_columns(["kll"])
+        for name in ("duckdb", "table", "rollup")
+    ]
+    assert tables[0].num_rows > 1
+    assert tables[0] == tables[1] == tables[2]
