@@ -119,12 +119,14 @@ def approx_topk(rows: pa.Table, k: int, config: SketchConfig = SketchConfig()) -
     The bounds are hard, not probabilistic: each producer's true count lies within
     ``[lower_bound, upper_bound]``, and no producer left out has more than
     ``unlisted_upper_bound`` events. Candidates are every producer a merged sketch still
-    tracks (``NO_FALSE_NEGATIVES`` at threshold 0); a producer it evicted had at most that
+    tracks (``NO_FALSE_NEGATIVES`` at threshold 0); a producer it does not track — left out
+    when the sketch was built (a stored sketch holds only its group's
+    ``SketchConfig.frequent_keep`` largest producers) or evicted by a merge — had at most that
     sketch's maximum error, which ``unlisted_upper_bound`` includes. ``guaranteed`` is true when
     the listed set is certainly the exact top-k set — every listed lower bound exceeds
-    ``unlisted_upper_bound`` — or when no sketch ever evicted, in which case counts, set and
-    order are all exact. The order within a guaranteed set may differ from the exact one where
-    bounds overlap. ``exact`` says every count is exact (no sketch evicted anything).
+    ``unlisted_upper_bound`` — or when no sketch left any producer out, in which case counts,
+    set and order are all exact. The order within a guaranteed set may differ from the exact
+    one where bounds overlap. ``exact`` says every count is exact (no producer left out).
 
     Rows are merged per ``shard`` when that column is present: shards hold disjoint producers,
     so a producer's error is its own shard's, not the sum over all shards (which would grow
