@@ -293,3 +293,39 @@ def test_unreadable_sketch_is_a_query_error(column: str) -> None:
     }
     with pytest.raises(QueryError, match="cannot be read"):
         answer[column](bad)
+
+
+def test_topk_from_sketches_that_kept_only_the_largest_producers() -> None:
+    # One group: two heavy producers and 30 light ones; a stored sketch keeps the 8 largest
+    # with exact counts and the 9th's count as its error.
+    counts = {"big": 100, "mid": 50, **{f"p{i:02d}": 1 + i % 3 for i in range(30)}}
+    producers = [p for p, n in counts.items() for _ in range(n)]
+    n = len(producers)
+    rows = pa.table(
+        {
+            "timestamp": pa.array([T0 + i for i in range(n)], pa.int64()),
+            "category": ["a"] * n,
+            "value": pa.array(range(n), pa.int64()),
+            "producer_id": producers,
+            "shard": pa.array([0] * n, pa.uint16()),
+            "batch_id": pa.array([0] * n, pa.int64()),
+        },
+        schema=STORED_SCHEMA,
+    )
+    sketches = build_sketches(rows)  # default config: keeps 8
+    top = approx_topk(sketches, 2)
+    # Held exactly, but a producer may have been left out of another sketch of the range with at
+    # most that sketch's error, so every upper bound carries the error of the ones left out.
+    assert [(p["producer_id"], p["estimate"], p["lower_bound"], p["upper_bound"]) for p in top["producers"]] == [
+        ("big", 100, 100, 103),
+        ("mid", 50, 50, 53),
+    ]
+    assert top["guaranteed"] and not top["exact"]
+    # Every light producer has at most 3 events; the bound may count that error twice (once as
+    # a tracked producer's count, once as what other sketches could have left out).
+    assert 3 <= top["unlisted_upper_bound"] <= 6
+    wide = approx_topk(sketches, 20)
+    assert not wide["guaranteed"] and len(wide["producers"]) == 8
+    for p in wide["producers"]:
+        assert p["lower_bound"] <= counts[p["producer_id"]] <= p["upper_bound"]
+    assert wide["unlisted_upper_bound"] >= max(sorted(counts.values())[:-8])
