@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from ingest.buffer import BufferView
 from query.part_reader import PartReader, ReaderConfig
 from query.rollup_cache import CacheConfig, PartIndex, RollupCache, TopList, UnusableIndex
+from query.shard_rollup import PartShards, ShardMask, load_shards
 from query.timerange import ceil_to, floor_to
 from query.topk import count_ids, merge_heads, sum_by_id, top_of
 from storage.manifest import Manifest, ManifestState, Part
@@ -55,6 +56,7 @@ class PartIndexes:
         self.reader = PartReader(self.config.reader)
         self.cache = RollupCache(root, self.reader, self.config.cache)
         self._seen = -1
+        self._subsets = False  # a query asked for some shards: warm the per-shard totals too
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._warmer: threading.Thread | None = None
@@ -89,6 +91,8 @@ class PartIndexes:
             try:
                 self.cache.index(part)
                 self.cache.top(part)
+                if self._subsets:
+                    self.shards(part)
             except (UnusableIndex, OSError):
                 continue  # answered by DuckDB; a part deleted meanwhile is simply skipped
         if self.cache.loads != loads:
@@ -109,22 +113,33 @@ class PartIndexes:
 
     # -- count and sum ---------------------------------------------------------------------------
 
+    def shards(self, part: Part) -> PartShards:
+        """The part's per-shard totals (loaded once a query asks for a subset of its shards)."""
+        self.cache.index(part)  # a part whose index is unusable has no usable shard totals either
+        return self.cache.entry("shards", part, lambda: load_shards(part, self.cache.root))
+
     def aggregate(
         self, state: ManifestState, category: str, start: int, end: int, shards: Sequence[int] | None
     ) -> tuple[int, int, list[Part]]:
         """(count, sum) over the parts served from indexes, and the parts left for DuckDB."""
         wanted = _wanted(shards)
+        mask = None if wanted is None else ShardMask(wanted)
         count = total = 0
         slow: list[Part] = []
         for part in state.parts_between(start, end):
             try:
                 index = self.cache.index(part)
-                if wanted is not None:
-                    inside = np.isin(index.shards, wanted)
+                if mask is not None:
+                    inside = mask.of(index.shards)
                     if not inside.any():
                         continue  # none of the part's shards is asked for
                     if not inside.all():
-                        slow.append(part)  # some are: the index has no per-shard minutes
+                        # Some are (a coordinator asks us for the shards it lacks): per-shard
+                        # totals and per-shard minutes, see query/shard_rollup.py.
+                        self._subsets = True
+                        c, s = self.shards(part).aggregate(index, category, start, end, mask, self.reader)
+                        count += c
+                        total += s
                         continue
                 c, s = index.aggregate(category, start, end, self.reader)
             except UnusableIndex:

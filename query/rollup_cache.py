@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -33,10 +33,22 @@ from storage.ordering import EVENTS_SORT_KEY, EVENTS_SORTED_BY, lex_order, strin
 from storage.rollup import exact_sum, int64_sums_are_exact
 from storage.schema import HOUR_NS, MINUTE_NS
 
-__all__ = ["CacheConfig", "PartIndex", "PartTop", "RollupCache", "TopList", "UnusableIndex"]
+__all__ = ["CacheConfig", "Entry", "PartIndex", "PartTop", "RollupCache", "TopList", "UnusableIndex"]
 
 Ints = npt.NDArray[Any]
-T = TypeVar("T", "PartIndex", "PartTop")
+
+
+class Entry(Protocol):
+    """What the cache holds: something of one part, with its size."""
+
+    @property
+    def part(self) -> Part: ...
+
+    @property
+    def nbytes(self) -> int: ...
+
+
+T = TypeVar("T", bound=Entry)
 
 
 class UnusableIndex(Exception):
@@ -223,7 +235,7 @@ class RollupCache:
         self.reader = reader
         self.config = config or CacheConfig()
         self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[str, int], PartIndex | PartTop] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, int], Entry] = OrderedDict()
         self._unusable: set[int] = set()
         self._bytes = 0
         self.loads = 0  # entries loaded from files (cache misses), for tests and metrics
@@ -237,15 +249,17 @@ class RollupCache:
         if part.id in self._unusable:
             raise UnusableIndex(f"part {part.id}")
         try:
-            return self._get("index", part, lambda: load_index(part, self.root))
+            return self.entry("index", part, lambda: load_index(part, self.root))
         except UnusableIndex:
             self.mark_unusable(part)
             raise
 
     def top(self, part: Part) -> PartTop:
-        return self._get("top", part, lambda: load_top(part, self.root, self.config.top_n))
+        return self.entry("top", part, lambda: load_top(part, self.root, self.config.top_n))
 
-    def _get(self, kind: str, part: Part, load: Callable[[], T]) -> T:
+    def entry(self, kind: str, part: Part, load: Callable[[], T]) -> T:
+        """The part's entry of ``kind``, loaded by ``load`` on a miss (other modules keep their
+        own kinds of per-part entries here, under the same byte budget)."""
         key = (kind, part.id)
         with self._lock:
             hit = self._entries.get(key)
