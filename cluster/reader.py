@@ -10,6 +10,7 @@ in the next round; a shard left with none is reported missing (``partial``), nev
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
@@ -104,6 +105,16 @@ class Reader:
         self.timeout_s = timeout_s
         self.on_stale = on_stale
         self.hinted = hinted
+        self._replicas: tuple[ClusterMap, list[tuple[str, ...]]] | None = None
+
+    def _read_replicas(self, cmap: ClusterMap) -> list[tuple[str, ...]]:
+        """Every shard's read replicas, computed once per map (a read plans over all shards)."""
+        cached = self._replicas
+        if cached is not None and cached[0] is cmap:
+            return cached[1]
+        replicas = [cmap.read_replicas(s) for s in range(cmap.shards)]
+        self._replicas = (cmap, replicas)
+        return replicas
 
     def _eligible(self, node: str) -> bool:
         if node == self.me:
@@ -124,15 +135,25 @@ class Reader:
         cmap = self.cmap()
         stale = False
         tried: dict[int, set[str]] = {}
+        replicas = self._read_replicas(cmap)
+        eligible: dict[str, bool] = {}  # per round: asked once per node, not once per shard
 
         def candidates(s: int) -> list[str]:
-            return [n for n in cmap.read_replicas(s) if n not in tried.get(s, ()) and self._eligible(n)]
+            out = []
+            for n in replicas[s]:
+                ok = eligible.get(n)
+                if ok is None:
+                    ok = eligible[n] = self._eligible(n)
+                if ok and n not in tried.get(s, ()):
+                    out.append(n)
+            return out
 
         todo = list(range(cmap.shards))
         parts: list[T] = []
         asked: dict[str, list[int]] = {}
         missing: list[int] = []
         for _ in range(max(1, cmap.rf) + 1):
+            eligible.clear()
             assignment, lost = plan(todo, candidates, self.me)
             missing += lost
             if not assignment:
@@ -141,15 +162,18 @@ class Reader:
             for node, shards in assignment.items():
                 for s in shards:
                     tried.setdefault(s, set()).add(node)
-                if node == self.me:
-                    futures[node] = self.pool.submit(local, shards)
-                else:
+                if node != self.me:
                     body = {**request, "shards": shards, "epoch": cmap.epoch}
                     futures[node] = self.pool.submit(self._remote, node, body, decode)
             todo = []
-            for node, fut in futures.items():
+            # Our own share runs here while the peers work on theirs: a hop to the pool and
+            # back would only add to the read's latency.
+            results: list[tuple[str, Callable[[], T]]] = [(n, f.result) for n, f in futures.items()]
+            if self.me in assignment:
+                results.insert(0, (self.me, functools.partial(local, assignment[self.me])))
+            for node, result in results:
                 try:
-                    parts.append(fut.result())
+                    parts.append(result())
                     asked[node] = assignment[node]
                 except Exception as e:
                     log.info("replica failed a read; trying another", replica=node, error=str(e)[:200])
