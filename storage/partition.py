@@ -29,6 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from storage.errors import StorageError
+from storage.eventmerge import merge_events
 from storage.manifest import Manifest, Part, fsync_dir
 from storage.ordering import EVENTS_SORT_KEY, EVENTS_SORTED_BY, time_category_order
 from storage.rollup import (
@@ -57,8 +59,8 @@ class PartitionConfig:
     # 8k rows cost 0.4 bytes per event more than 128k and read a minute's edge 3x faster.
     row_group_rows: int = 8_192
     rollup_row_group_rows: int = 131_072  # rollups are read whole: big groups compress better
-    # A merge of more rows than this runs in DuckDB (which spills to disk) instead of in memory.
-    merge_in_memory_rows: int = 4_000_000
+    # A merge holds about this many rows in memory at once, whatever the parts' size (eventmerge.py).
+    merge_window_rows: int = 1 << 20
     duckdb_memory_limit: str = "256MB"
 
 
@@ -66,7 +68,9 @@ class PartExtra(Protocol):
     """Something more to build beside each part (e.g. sketches): built from the part's rows,
     merged from parts' files on compaction, never rebuilt from raw rows. When some of the parts
     merged have no file of this kind (written before it was enabled), ``build`` runs once over
-    the merged rows instead. ``build`` and ``merge`` leave ``path`` fsynced."""
+    the merged rows instead. ``build`` and ``merge`` leave ``path`` fsynced. An extra may also
+    offer ``build_table(rows, path, producer_counts)``: a new part's extras are then built from
+    its Arrow rows and producer rollup directly, without the DuckDB round trip."""
 
     kind: str
 
@@ -152,16 +156,41 @@ class PartitionStore:
         meta = {**(rows.schema.metadata or {}), EVENTS_SORT_KEY: EVENTS_SORTED_BY}
         self._write_file(rows.replace_schema_metadata(meta), rel, _EVENTS_OPTIONS, self.config.row_group_rows)
 
-    def _copy_events(self, cur: duckdb.DuckDBPyConnection, sql: str, rel: str) -> None:
-        """``sql``'s rows (already in events order) to an events file, through DuckDB."""
+    def _merge_events(self, parts: Sequence[Part], rel: str) -> None:
+        """The parts' events merged into one file, sorted by (category, timestamp), in bounded
+        memory (``storage/eventmerge.py``); written in whole row groups."""
         tmp = str(self.root / rel) + ".tmp"
         c = self.config
-        key, value = EVENTS_SORT_KEY.decode(), EVENTS_SORTED_BY.decode()
-        cur.execute(
-            f"COPY ({sql}) TO '{tmp}' (FORMAT parquet, COMPRESSION {c.compression}, "
-            f"COMPRESSION_LEVEL {c.compression_level}, ROW_GROUP_SIZE {c.row_group_rows}, "
-            f"KV_METADATA {{'{key}': '{value}'}})"
-        )
+        categories: set[str] = set()
+        for p in parts:  # the minute rollup names every category of its part's rows
+            minute = pq.read_table(p.path(self.root, "rollup_minute"), columns=["category"])
+            categories.update(pc.unique(minute["category"]).to_pylist())
+        schema = STORED_SCHEMA.with_metadata({**(STORED_SCHEMA.metadata or {}), EVENTS_SORT_KEY: EVENTS_SORTED_BY})
+        pending: list[pa.Table] = []
+        with pq.ParquetWriter(
+            tmp, schema, compression=c.compression, compression_level=c.compression_level, **_EVENTS_OPTIONS
+        ) as writer:
+
+            def flush(final: bool) -> None:
+                rows = pa.concat_tables(pending)
+                n = rows.num_rows if final else rows.num_rows - rows.num_rows % c.row_group_rows
+                if n:
+                    writer.write_table(rows.slice(0, n), row_group_size=c.row_group_rows)
+                pending[:] = [rows.slice(n)] if n < rows.num_rows else []
+
+            def take(rows: pa.Table) -> None:
+                pending.append(rows)
+                if sum(t.num_rows for t in pending) >= 16 * c.row_group_rows:
+                    flush(final=False)
+
+            written = merge_events(
+                [p.path(self.root, "events") for p in parts], sorted(categories), take, c.merge_window_rows
+            )
+            if pending:
+                flush(final=True)
+        expected = sum(p.rows for p in parts)
+        if written != expected:
+            raise StorageError(f"merging parts {[p.id for p in parts]} gave {written} rows, not {expected}")
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, self.root / rel)
@@ -186,14 +215,19 @@ class PartitionStore:
         (self.root / files["events"]).parent.mkdir(parents=True, exist_ok=True)
         self._write_events(rows, files["events"])
         self._write_file(minute_rollup(rows), files["rollup_minute"], _MINUTE_OPTIONS)
-        self._write_file(producer_rollup(rows), files["rollup_producer"], _PRODUCER_OPTIONS)
+        producers = producer_rollup(rows)
+        self._write_file(producers, files["rollup_producer"], _PRODUCER_OPTIONS)
         if self.extras:
             cur = self._con.cursor()
             try:
                 cur.register("part_rows", rows)
                 for extra in self.extras:
                     tmp = str(self.root / files[extra.kind]) + ".tmp"
-                    extra.build(cur, "part_rows", tmp)
+                    build_table = getattr(extra, "build_table", None)
+                    if build_table is not None:
+                        build_table(rows, tmp, producers)
+                    else:
+                        extra.build(cur, "part_rows", tmp)
                     os.replace(tmp, self.root / files[extra.kind])
             finally:
                 cur.close()
@@ -221,14 +255,7 @@ class PartitionStore:
         with self._lock:
             cur = self._con.cursor()
             try:
-                if sum(p.rows for p in parts) <= self.config.merge_in_memory_rows:
-                    ((_, rows),) = sort_rows(pa.concat_tables(read("events", STORED_SCHEMA)))
-                    self._write_events(rows, files["events"])
-                    del rows
-                else:  # too big to sort in memory: DuckDB sorts within its memory limit, spilling
-                    self._copy_events(
-                        cur, f"SELECT * FROM {srcs('events')} ORDER BY category, timestamp", files["events"]
-                    )
+                self._merge_events(parts, files["events"])
                 minutes = merge_rollups(read("rollup_minute", MINUTE_ROLLUP_SCHEMA), MINUTE_ROLLUP_SCHEMA)
                 self._write_file(minutes, files["rollup_minute"], _MINUTE_OPTIONS)
                 del minutes

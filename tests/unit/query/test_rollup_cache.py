@@ -36,7 +36,7 @@ class Node:
         self.root = root
         self.manifest = Manifest(root)
         self.store = PartitionStore(
-            root, self.manifest, PartitionConfig(row_group_rows=128, merge_in_memory_rows=merge_rows)
+            root, self.manifest, PartitionConfig(row_group_rows=128, merge_window_rows=merge_rows)
         )
         self.buffer = LiveBuffer()
         config = EngineConfig(indexes=IndexConfig(cache=cache or CacheConfig(), warm=False))
@@ -72,7 +72,7 @@ class Node:
         self.store.close()
 
 
-@pytest.mark.parametrize("merge_rows", [10**9, 0], ids=["merge-in-memory", "merge-in-duckdb"])
+@pytest.mark.parametrize("merge_rows", [10**9, 50], ids=["merge-one-window", "merge-many-windows"])
 def test_counts_and_sums_come_from_indexes_and_equal_the_oracle(tmp_path: Path, merge_rows: int) -> None:
     rng = random.Random(merge_rows)
     node = Node(tmp_path, merge_rows=merge_rows)
