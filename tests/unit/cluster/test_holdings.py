@@ -125,3 +125,40 @@ def test_store_rows_keeps_each_slice_once(tmp_path: Path) -> None:
         assert total == 1300
     finally:
         node.close()
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.integers(0, 255), st.integers(0, 5), st.integers(0, 30)),
+        st.tuples(st.just("forget"), st.frozensets(st.integers(0, 255), max_size=40)),
+        st.tuples(st.just("forget_through"), st.integers(-1, 5)),
+    ),
+    max_size=200,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(ops=ops)
+def test_the_index_answers_like_a_set_of_slices(ops: list[tuple]) -> None:  # type: ignore[type-arg]
+    """Slices are kept as one shard bitmask per (hour, batch); every question gets the answer a
+    plain set of (shard, hour, batch) would give, through adds, evictions and retention."""
+    h, oracle = Holdings(), set()
+    for op in ops:
+        if op[0] == "add":
+            x = (op[1], T0 + op[2] * HOUR_NS, op[3])
+            h._add([x])
+            oracle.add(x)
+        elif op[0] == "forget":
+            h.forget(op[1])
+            oracle = {x for x in oracle if x[0] not in op[1]}
+        else:
+            h.forget_through(T0 + op[1] * HOUR_NS)
+            oracle = {x for x in oracle if x[1] > T0 + op[1] * HOUR_NS}
+    assert h.shards() == sorted({s for s, _, _ in oracle})
+    assert h.shard_digests() == _holdings(sorted(oracle)).shard_digests()
+    probes = sorted(oracle) + [(s, T0 + k * HOUR_NS, b) for s in (0, 7, 255) for k in (0, 3) for b in (0, 5)]
+    for x in probes:
+        assert h.holds(x) == (x in oracle)
+    assert h.claim(probes, timeout=1) == [x for x in probes if x not in oracle]
+    keys = {(s, hr) for s, hr, _ in probes}
+    assert h.batch_ids(keys) == {k: {b for s, hr, b in oracle if (s, hr) == k} for k in keys}
