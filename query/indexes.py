@@ -12,7 +12,7 @@ they are committed, so queries rarely pay for a load.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from storage.schema import HOUR_NS, MINUTE_NS
 __all__ = ["IndexConfig", "PartIndexes"]
 
 Ints = npt.NDArray[Any]
+_CHUNK_ROWS = 1 << 20  # top-k reads and counts a long edge this many rows at a time
 
 
 @dataclass(frozen=True)
@@ -152,19 +153,26 @@ class PartIndexes:
 
     # -- top-k -----------------------------------------------------------------------------------
 
-    def _edge_ids(self, index: PartIndex, category: str, start: int, end: int, wanted: Ints | None) -> pa.Array:
-        """Producer ids of the part's rows of ``category`` in ``[start, end)``."""
+    def _edge_ids(
+        self, index: PartIndex, category: str, start: int, end: int, wanted: Ints | None
+    ) -> Iterator[pa.Array]:
+        """Producer ids of the part's rows of ``category`` in ``[start, end)``, read at most
+        ``_CHUNK_ROWS`` rows at a time (a busy hour's edge can be tens of millions of rows)."""
         first, stop = index.row_range(category, start, end)
         names = ["timestamp", "producer_id"] if wanted is None else ["timestamp", "producer_id", "shard"]
-        cols = self.reader.columns(index.events, first, stop, names)
-        ts = cols["timestamp"].to_numpy()
-        if len(ts) and (ts[0] < floor_to(start, MINUTE_NS) or ts[-1] >= ceil_to(end, MINUTE_NS)):
-            raise UnusableIndex(f"{index.events}: rows {first}..{stop} are not the minutes asked for")
-        i, j = np.searchsorted(ts, [start, end])  # rows of one category are sorted by time
-        ids = cols["producer_id"].slice(i, j - i)
-        if wanted is not None:
-            ids = ids.filter(pa.array(np.isin(cols["shard"].to_numpy()[i:j], wanted)))
-        return ids
+        for a in range(first, stop, _CHUNK_ROWS):
+            b = min(stop, a + _CHUNK_ROWS)
+            cols = self.reader.columns(index.events, a, b, names)
+            ts = cols["timestamp"].to_numpy()
+            if len(ts) and (
+                (a == first and ts[0] < floor_to(start, MINUTE_NS)) or (b == stop and ts[-1] >= ceil_to(end, MINUTE_NS))
+            ):
+                raise UnusableIndex(f"{index.events}: rows {first}..{stop} are not the minutes asked for")
+            i, j = np.searchsorted(ts, [start, end])  # rows of one category are sorted by time
+            ids = cols["producer_id"].slice(i, j - i)
+            if wanted is not None:
+                ids = ids.filter(pa.array(ShardMask(wanted).of(cols["shard"].to_numpy()[i:j])))
+            yield ids
 
     def topk(
         self,
@@ -180,41 +188,79 @@ class PartIndexes:
         if k > self.cache.config.top_n // 2:
             return None  # the heads are too short to prove a long answer
         wanted = _wanted(shards)
+        mask = None if wanted is None else ShardMask(wanted)
+        filtered = False  # a head of a part holding shards not asked for: filter the heads
         h1, h2 = ceil_to(start, HOUR_NS), floor_to(end, HOUR_NS)
         heads: list[TopList] = []
-        added: list[pa.Array] = []  # ids of rows counted one by one
-        removed: list[pa.Array] = []  # ids of rows subtracted from a whole part's head
+        added = _Tally()  # rows counted one by one
+        removed = _Tally()  # rows subtracted from a whole part's head
         try:
             for part in state.parts_between(start, end):
+                # Only parts with shards not asked for are filtered (a coordinator asks itself
+                # for all of its shards); parts with none asked for are skipped, thresholds too.
+                part_wanted = wanted
+                if mask is not None:
+                    inside_shards = mask.of(self.cache.index(part).shards)
+                    if not inside_shards.any():
+                        continue
+                    if inside_shards.all():
+                        part_wanted = None
                 if h1 <= part.hour and part.hour + HOUR_NS <= h2:
                     head = self.cache.top(part).categories.get(category)
                     if head is not None:
                         heads.append(head)
+                        filtered = filtered or part_wanted is not None
                     continue
                 index = self.cache.index(part)
                 lo, hi = max(start, part.hour), min(end, part.hour + HOUR_NS)
                 inside = index.rows_in(category, lo, hi)
                 whole = index.rows_in(category, part.hour, part.hour + HOUR_NS)
                 if 2 * inside <= whole:
-                    added.append(self._edge_ids(index, category, lo, hi, wanted))
+                    added.add(self._edge_ids(index, category, lo, hi, part_wanted))
                     continue
                 # Most of the part's hour is in range: take its head and subtract the rows
                 # outside the range, which are fewer to read than the rows inside.
                 head = self.cache.top(part).categories.get(category)
                 if head is not None:
                     heads.append(head)
-                    removed.append(self._edge_ids(index, category, part.hour, lo, wanted))
-                    removed.append(self._edge_ids(index, category, hi, part.hour + HOUR_NS, wanted))
+                    filtered = filtered or part_wanted is not None
+                    removed.add(self._edge_ids(index, category, part.hour, lo, part_wanted))
+                    removed.add(self._edge_ids(index, category, hi, part.hour + HOUR_NS, part_wanted))
         except UnusableIndex:
             return None  # a part written in an older layout: the long way answers it
-        counts = _add_counts(buffer.producer_counts(category, start, end, shards), count_ids(added))
+        counts = _add_counts(buffer.producer_counts(category, start, end, shards), added.counts())
         if not heads:
             return top_of(counts, k)
-        minus = count_ids(removed)
+        minus = removed.counts()
         if minus.num_rows:
             minus = minus.set_column(1, "count", pc.negate(minus.column("count")))
             counts = _add_counts(counts, minus)
-        return merge_heads(heads, counts, k, wanted)
+        return merge_heads(heads, counts, k, wanted if filtered else None)
+
+
+class _Tally:
+    """Producer ids counted as they are read, folded into counts every ``_CHUNK_ROWS`` ids: a
+    top-k holds one chunk of ids plus a count per distinct producer, not every id in range."""
+
+    def __init__(self) -> None:
+        self._counts = count_ids([])
+        self._ids: list[pa.Array] = []
+        self._held = 0
+
+    def add(self, chunks: Iterable[pa.Array]) -> None:
+        for ids in chunks:
+            self._ids.append(ids)
+            self._held += len(ids)
+            if self._held >= _CHUNK_ROWS:
+                self._fold()
+
+    def _fold(self) -> None:
+        self._counts = _add_counts(self._counts, count_ids(self._ids))
+        self._ids, self._held = [], 0
+
+    def counts(self) -> pa.Table:
+        self._fold()
+        return self._counts
 
 
 def _add_counts(a: pa.Table, b: pa.Table) -> pa.Table:
