@@ -174,3 +174,46 @@ def test_a_rollup_in_any_row_order_gives_the_same_totals(tmp_path: Path) -> None
 def test_shard_mask_ignores_shards_no_part_can_hold() -> None:
     mask = ShardMask(np.array([-1, 3, 70000], dtype=np.int64))
     assert mask.of(np.array([0, 3, 65535], dtype=np.uint16)).tolist() == [False, True, False]
+
+
+def topk_oracle(node: Node, category: str, start: int, end: int, k: int, shards: list[int]) -> list[tuple[str, int]]:
+    t = pa.concat_tables(node.rows)
+    ts = t["timestamp"].to_numpy()
+    keep = (
+        (t["category"].to_numpy(zero_copy_only=False) == category)
+        & (ts >= start)
+        & (ts < end)
+        & np.isin(t["shard"].to_numpy(), shards)
+    )
+    counts: dict[str, int] = {}
+    for p in t["producer_id"].filter(pa.array(keep)).to_pylist():
+        counts[p] = counts.get(p, 0) + 1
+    return sorted(counts.items(), key=lambda pc: (-pc[1], pc[0]))[:k]
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**32), shards=st.sampled_from([4, 32, 256]))
+def test_property_topk_over_shard_subsets_equals_the_oracle(seed: int, shards: int) -> None:
+    """Parts holding some shards only (as on a cluster node), asked for random subsets, for all
+    the shards the node holds (what a coordinator asks itself) and for none of a part's shards."""
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        node = Node(Path(tmp), shards)
+        held = subset(rng, shards) if shards > 4 else list(range(shards))
+        for i in range(4):
+            t = events(rng, rng.randrange(200, 1500))
+            part_shards = np.array(rng.sample(held, rng.randrange(1, len(held) + 1)))
+            node_shards = stored(t, shards=shards)["shard"].to_numpy()
+            node.add(t.filter(pa.array(np.isin(node_shards, part_shards))), persist=i < 3)
+        stamps = pa.concat_tables(node.rows)["timestamp"].to_pylist()
+        for i in range(30):
+            if i % 3 == 0:
+                s, e = sorted(rng.choice(stamps) + rng.choice([-1, 0, 1, MINUTE_NS]) for _ in range(2))
+            else:
+                s, e = random_range(rng)
+            cat = rng.choice(CATEGORIES)
+            wanted = held if i % 4 == 0 else subset(rng, shards)
+            k = rng.choice([1, 3, 10])
+            got = [(t.producer_id, t.count) for t in node.engine.topk(cat, s, e, k, wanted)]
+            assert got == topk_oracle(node, cat, s, e, k, wanted), (cat, s, e, k, wanted)
+        node.close()
