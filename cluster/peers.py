@@ -28,7 +28,7 @@ import httpx
 from cluster.errors import PeerError
 from storage.shipping import ARROW_STREAM, PARQUET
 
-__all__ = ["SECRET_HEADER", "PeerClient", "PeerConfig"]
+__all__ = ["SECRET_HEADER", "PeerClient", "PeerConfig", "PendingQuery"]
 
 SECRET_HEADER = "X-Tributary-Secret"
 
@@ -162,16 +162,55 @@ class PeerClient:
         return out
 
     def query(self, node_id: str, request: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        return self.start_query(node_id, request, timeout).result()
+
+    def start_query(self, node_id: str, request: dict[str, Any], timeout: float | None = None) -> PendingQuery:
+        """Send a scatter-gather query now and read its answer with ``result()`` later: the
+        caller does its own share of the read meanwhile, in its own thread (no thread hop)."""
         base = self._url_of(node_id)
         url = urllib.parse.urlsplit(base)
-        if not self._fast or url.scheme != "http" or url.hostname is None:
-            out: dict[str, Any] = self._json(node_id, "POST", "/internal/query", json=request, timeout=timeout)
-            return out
         t = timeout if timeout is not None else self.config.timeout_s
+        if not self._fast or url.scheme != "http" or url.hostname is None:
+            return PendingQuery(self, node_id, base, None, "", b"", t, request)
         body = json.dumps(request, separators=(",", ":")).encode()
-        status, raw = self._post(
-            node_id, base, (url.hostname, url.port or 80), url.path.rstrip("/") + "/internal/query", body, t
-        )
+        addr = (url.hostname, url.port or 80)
+        return PendingQuery(self, node_id, base, addr, url.path.rstrip("/") + "/internal/query", body, t, request)
+
+    def _send(
+        self, addr: tuple[str, int], path: str, body: bytes, timeout: float, fresh: bool
+    ) -> tuple[http.client.HTTPConnection | None, bool, Exception | None]:
+        """POST ``body`` on a kept connection (or a new one): (connection, reused, error)."""
+        conn = None if fresh else self._take(addr)
+        reused = conn is not None
+        if conn is None:
+            conn = http.client.HTTPConnection(addr[0], addr[1], timeout=min(timeout, self.config.connect_timeout_s))
+        try:
+            if conn.sock is None:
+                conn.connect()
+                assert conn.sock is not None
+                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.sock.settimeout(timeout)
+            conn.request("POST", path, body, self._headers)
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()
+            return None, reused, e
+        return conn, reused, None
+
+    def _receive(self, addr: tuple[str, int], conn: http.client.HTTPConnection) -> tuple[int, bytes]:
+        try:
+            r = conn.getresponse()
+            raw = r.read()
+        except BaseException:
+            conn.close()
+            raise
+        if r.will_close:
+            conn.close()
+        else:
+            self._give(addr, conn)
+        return r.status, raw
+
+    @staticmethod
+    def _decode(node_id: str, status: int, raw: bytes) -> dict[str, Any]:
         try:
             decoded = json.loads(raw)
         except ValueError as e:
@@ -184,38 +223,6 @@ class PeerClient:
         if not isinstance(decoded, dict):
             raise PeerError(f"{node_id} answered a body that is not a JSON object", node_id, status)
         return decoded
-
-    def _post(
-        self, node_id: str, base: str, addr: tuple[str, int], path: str, body: bytes, timeout: float
-    ) -> tuple[int, bytes]:
-        """POST ``body`` on a kept connection to ``addr``: (status, response body). A kept
-        connection the peer closed meanwhile is retried once on a new one (reads are safe to
-        repeat); any other failure is a ``PeerError`` with status 0."""
-        for attempt in range(2):
-            conn = self._take(addr) if attempt == 0 else None
-            reused = conn is not None
-            if conn is None:
-                conn = http.client.HTTPConnection(addr[0], addr[1], timeout=min(timeout, self.config.connect_timeout_s))
-            try:
-                if conn.sock is None:
-                    conn.connect()
-                    assert conn.sock is not None
-                    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                conn.sock.settimeout(timeout)
-                conn.request("POST", path, body, self._headers)
-                r = conn.getresponse()
-                raw = r.read()
-            except (OSError, http.client.HTTPException) as e:
-                conn.close()
-                if reused and not isinstance(e, TimeoutError):
-                    continue  # most likely a keep-alive connection the peer had closed
-                raise PeerError(f"{node_id} at {base}: {type(e).__name__}: {e}", node_id) from e
-            if r.will_close:
-                conn.close()
-            else:
-                self._give(addr, conn)
-            return r.status, raw
-        raise AssertionError("unreachable: the second attempt returns or raises")
 
     def _take(self, addr: tuple[str, int]) -> http.client.HTTPConnection | None:
         with self._lock:
@@ -249,3 +256,55 @@ class PeerClient:
         """Parquet of the rows of the named (shard, hour, batch ids) slices held by ``node_id``."""
         body = {"slices": [[s, h, list(ids)] for s, h, ids in wanted]}
         return self._call(node_id, "POST", "/internal/fetch", json=body, timeout=self.config.ship_timeout_s).content
+
+
+class PendingQuery:
+    """A query sent to a peer; ``result()`` reads the answer (once). A kept connection the peer
+    closed meanwhile is retried once on a new one (reads are safe to repeat); any other failure
+    is a ``PeerError`` (status 0 when there was no answer)."""
+
+    def __init__(
+        self,
+        client: PeerClient,
+        node_id: str,
+        base: str,
+        addr: tuple[str, int] | None,
+        path: str,
+        body: bytes,
+        timeout: float,
+        request: dict[str, Any],
+    ) -> None:
+        self._client, self._node, self._base, self._addr = client, node_id, base, addr
+        self._path, self._body, self._timeout, self._request = path, body, timeout, request
+        self._conn: http.client.HTTPConnection | None = None
+        self._reused = False
+        self._error: Exception | None = None
+        if addr is not None:
+            self._conn, self._reused, self._error = client._send(addr, path, body, timeout, fresh=False)
+
+    def _fail(self, e: Exception) -> PeerError:
+        return PeerError(f"{self._node} at {self._base}: {type(e).__name__}: {e}", self._node)
+
+    def result(self) -> dict[str, Any]:
+        c, addr = self._client, self._addr
+        if addr is None:  # httpx (a test transport, or a URL that is not plain http)
+            out: dict[str, Any] = c._json(
+                self._node, "POST", "/internal/query", json=self._request, timeout=self._timeout
+            )
+            return out
+        if self._conn is not None:
+            try:
+                return c._decode(self._node, *c._receive(addr, self._conn))
+            except (OSError, http.client.HTTPException) as e:
+                self._error = e
+        assert self._error is not None
+        if not self._reused or isinstance(self._error, TimeoutError):
+            raise self._fail(self._error) from self._error
+        conn, _, error = c._send(addr, self._path, self._body, self._timeout, fresh=True)
+        if conn is None:
+            assert error is not None
+            raise self._fail(error) from error
+        try:
+            return c._decode(self._node, *c._receive(addr, conn))
+        except (OSError, http.client.HTTPException) as e:
+            raise self._fail(e) from e

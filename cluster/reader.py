@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import random
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -158,19 +158,19 @@ class Reader:
             missing += lost
             if not assignment:
                 break
-            futures: dict[str, Future[T]] = {}
+            # Peers' queries are sent first, then our own share runs in this thread while they
+            # work, then their answers are read: no hop to a pool thread and back.
+            results: list[tuple[str, Callable[[], T]]] = []
             for node, shards in assignment.items():
                 for s in shards:
                     tried.setdefault(s, set()).add(node)
-                if node != self.me:
-                    body = {**request, "shards": shards, "epoch": cmap.epoch}
-                    futures[node] = self.pool.submit(self._remote, node, body, decode)
+                if node == self.me:
+                    results.insert(0, (node, functools.partial(local, shards)))
+                else:
+                    results.append(
+                        (node, self._start(node, {**request, "shards": shards, "epoch": cmap.epoch}, decode))
+                    )
             todo = []
-            # Our own share runs here while the peers work on theirs: a hop to the pool and
-            # back would only add to the read's latency.
-            results: list[tuple[str, Callable[[], T]]] = [(n, f.result) for n, f in futures.items()]
-            if self.me in assignment:
-                results.insert(0, (self.me, functools.partial(local, assignment[self.me])))
             for node, result in results:
                 try:
                     parts.append(result())
@@ -186,14 +186,28 @@ class Reader:
             return self.gather(request, local, decode, reroute=False)
         return Gathered(parts, tuple(sorted(set(missing))), asked)
 
-    def _remote(self, node: str, body: dict[str, Any], decode: Callable[[dict[str, Any]], T]) -> T:
+    def _start(self, node: str, body: dict[str, Any], decode: Callable[[dict[str, Any]], T]) -> Callable[[], T]:
+        """Send ``body`` to ``node`` now; the returned call reads and decodes its answer."""
         try:
-            return decode(self.peers.query(node, body, timeout=self.timeout_s))
-        except PeerError as e:
-            if e.status == 0:
-                self.detector.suspect(node)
-            elif e.status == 503:
-                self.detector.not_serving(node)
-            elif e.status == 409 and self.on_stale is not None:
-                self.on_stale(node)
-            raise
+            pending = self.peers.start_query(node, body, timeout=self.timeout_s)
+        except Exception as e:  # e.g. a node the map no longer names: a failed read like any other
+            error = e
+
+            def failed() -> T:
+                raise error
+
+            return failed
+
+        def finish() -> T:
+            try:
+                return decode(pending.result())
+            except PeerError as e:
+                if e.status == 0:
+                    self.detector.suspect(node)
+                elif e.status == 503:
+                    self.detector.not_serving(node)
+                elif e.status == 409 and self.on_stale is not None:
+                    self.on_stale(node)
+                raise
+
+        return finish

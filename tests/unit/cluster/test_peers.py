@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -131,4 +132,17 @@ def test_a_hung_peer_costs_at_most_the_timeout(peer: Peer) -> None:
     with pytest.raises(PeerError) as e:  # the peer would answer only after 10 s
         c.query("a", {}, timeout=0.3)
     assert e.value.status == 0
+    c.close()
+
+
+def test_a_started_query_is_sent_before_its_answer_is_read(peer: Peer) -> None:
+    c = client({"a": peer.url})
+    peer.connections = 1  # no 'Connection: close'
+    peer.requests.append({})
+    pending = c.start_query("a", {"early": True})
+    deadline = time.monotonic() + 10
+    while not any(r.get("early") for r in peer.requests) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert any(r.get("early") for r in peer.requests), "the peer got the query before result()"
+    assert pending.result()["sum"] == -3
     c.close()
