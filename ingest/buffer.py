@@ -188,6 +188,7 @@ class LiveBuffer:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)  # notified when a persisted generation leaves
         self._clock = clock
         self._active = Generation(created=clock())
         self._frozen: list[Generation] = []
@@ -270,6 +271,19 @@ class LiveBuffer:
         with self._lock:
             commit()
             self._frozen.remove(g)
+            self._room.notify_all()
+
+    def wait_for_room(self, nbytes: int, cap: int, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` until ``nbytes`` more fit under ``cap`` (a persist
+        released a generation); True if they fit now."""
+        deadline = time.monotonic() + timeout_s
+        with self._room:
+            while self._active.nbytes + sum(g.nbytes for g in self._frozen) + nbytes > cap:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._room.wait(left)
+            return True
 
     def view(self, pin: Callable[[], object] | None = None) -> tuple[BufferView, object]:
         """The buffer's runs; ``pin`` runs under the same lock (it pins the manifest state that

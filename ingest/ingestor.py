@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import struct
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,12 @@ _META_LEN = struct.Struct("<I")
 class IngestConfig:
     max_buffer_bytes: int = 64 << 20  # beyond this (active + persisting) writes get Overloaded
     overload_retry_after_s: float = 1.0
+    # A write that finds the buffer full waits this long for a persist to make room before it
+    # is refused: a persist frees space within a fraction of a second, and a client told to
+    # come back in Retry-After's whole second would leave the pipeline idle meanwhile. Only a
+    # few wait at once (each holds a worker thread); the others are refused at once.
+    overload_wait_s: float = 2.0
+    overload_waiters: int = 4
     durable_timeout_s: float = 60.0
 
 
@@ -95,8 +102,19 @@ class Ingestor:
         self.hasher = hasher
         self.config = config or IngestConfig()
         self._clock = clock
+        self._waiters = threading.BoundedSemaphore(max(1, self.config.overload_waiters))
         self.events_total = 0
         self.batches_total = 0
+
+    def _wait_for_room(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` fit in the buffer after waiting a little for a persist (False at
+        once when enough writers are waiting already)."""
+        if self.config.overload_wait_s <= 0 or not self._waiters.acquire(blocking=False):
+            return False
+        try:
+            return self.buffer.wait_for_room(nbytes, self.config.max_buffer_bytes, self.config.overload_wait_s)
+        finally:
+            self._waiters.release()
 
     # Called by the WAL writer thread, in sequence order, once a record is fsynced.
     def on_durable(self, seq: int, ctx: object) -> None:
@@ -129,7 +147,9 @@ class Ingestor:
                     f"the batch takes {events.nbytes} bytes in memory, more than the live buffer holds "
                     f"({self.config.max_buffer_bytes}); split it"
                 )
-            if self.buffer.total_bytes + events.nbytes > self.config.max_buffer_bytes:
+            if self.buffer.total_bytes + events.nbytes > self.config.max_buffer_bytes and not self._wait_for_room(
+                events.nbytes
+            ):
                 raise Overloaded(
                     "the live buffer is full while persisting catches up",
                     retry_after=self.config.overload_retry_after_s,

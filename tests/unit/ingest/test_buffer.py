@@ -207,3 +207,21 @@ def test_whole_runs_count_through_the_cache_and_stay_exact() -> None:
     tables.append(more)
     buffer.append(more, None, 4)
     check(0, 2**62)  # a new run: a new set of whole runs, counted again
+
+
+def test_a_full_buffer_makes_room_when_a_generation_is_released() -> None:
+    """A writer waiting for room is let in as soon as a persisted generation leaves the buffer,
+    and told no if none leaves before its deadline."""
+    buf = LiveBuffer()
+    rows = stored(random_events(random.Random(9), 500))
+    buf.append(rows, None, 1)
+    cap = buf.total_bytes  # full
+    assert not buf.wait_for_room(1, cap, timeout_s=0.05)
+    g = buf.freeze()
+    assert g is not None
+    got: list[bool] = []
+    waiter = threading.Thread(target=lambda: got.append(buf.wait_for_room(rows.nbytes, cap, timeout_s=60)))
+    waiter.start()
+    buf.release(g, lambda: None)
+    waiter.join(timeout=60)
+    assert got == [True] and buf.total_bytes == 0
