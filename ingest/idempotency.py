@@ -93,9 +93,7 @@ class IdempotencyIndex:
                 rec = self._keys.get(key)
                 if rec is not None:
                     if rec.fingerprint != fingerprint:
-                        raise IdempotencyConflict(
-                            f"Idempotency-Key {key!r} was already used for a different batch"
-                        )
+                        raise IdempotencyConflict(f"Idempotency-Key {key!r} was already used for a different batch")
                     return rec
                 waiting = self._inflight.get(key)
                 if waiting is None:
@@ -140,9 +138,7 @@ class IdempotencyIndex:
             recs = list(self._keys.values())
         with open(tmp, "wb") as f:
             for r in recs:
-                f.write(
-                    json.dumps({"k": r.key, "f": r.fingerprint, "n": r.accepted, "t": r.at}).encode() + b"\n"
-                )
+                f.write(json.dumps({"k": r.key, "f": r.fingerprint, "n": r.accepted, "t": r.at}).encode() + b"\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)

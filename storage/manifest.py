@@ -133,9 +133,7 @@ class Manifest:
             self._write(new)
             self._state = new
             if dropped:
-                self._garbage.append(
-                    (new.version, [str(self.root / f) for p in dropped for f in p.files.values()])
-                )
+                self._garbage.append((new.version, [str(self.root / f) for p in dropped for f in p.files.values()]))
         self.collect_garbage()
         return new
 

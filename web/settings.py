@@ -109,9 +109,7 @@ class Settings:
             ingest=IngestConfig(max_buffer_bytes=self.max_buffer_bytes),
             persist=PersistConfig(max_bytes=self.persist_bytes, max_age_s=self.persist_interval_s),
             compaction=CompactionConfig(min_parts=self.compact_min_parts),
-            idempotency=IdempotencyConfig(
-                window_s=self.idempotency_window_s, max_keys=self.idempotency_max_keys
-            ),
+            idempotency=IdempotencyConfig(window_s=self.idempotency_window_s, max_keys=self.idempotency_max_keys),
             engine=EngineConfig(timeout_s=self.query_timeout_s, max_k=self.topk_max_k),
             sandbox=SandboxConfig(
                 timeout_s=self.sql_timeout_s,
