@@ -240,7 +240,10 @@ class LiveBuffer:
     @property
     def total_bytes(self) -> int:
         with self._lock:
-            return self._active.nbytes + sum(g.nbytes for g in self._frozen)
+            return self._total_bytes()
+
+    def _total_bytes(self) -> int:  # under the lock
+        return self._active.nbytes + sum(g.nbytes for g in self._frozen)
 
     @property
     def total_rows(self) -> int:
@@ -278,7 +281,7 @@ class LiveBuffer:
         released a generation); True if they fit now."""
         deadline = time.monotonic() + timeout_s
         with self._room:
-            while self._active.nbytes + sum(g.nbytes for g in self._frozen) + nbytes > cap:
+            while self._total_bytes() + nbytes > cap:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
