@@ -160,6 +160,7 @@ class PartIndexes:
         ``_CHUNK_ROWS`` rows at a time (a busy hour's edge can be tens of millions of rows)."""
         first, stop = index.row_range(category, start, end)
         names = ["timestamp", "producer_id"] if wanted is None else ["timestamp", "producer_id", "shard"]
+        mask = None if wanted is None else ShardMask(wanted)
         for a in range(first, stop, _CHUNK_ROWS):
             b = min(stop, a + _CHUNK_ROWS)
             cols = self.reader.columns(index.events, a, b, names)
@@ -170,8 +171,8 @@ class PartIndexes:
                 raise UnusableIndex(f"{index.events}: rows {first}..{stop} are not the minutes asked for")
             i, j = np.searchsorted(ts, [start, end])  # rows of one category are sorted by time
             ids = cols["producer_id"].slice(i, j - i)
-            if wanted is not None:
-                ids = ids.filter(pa.array(ShardMask(wanted).of(cols["shard"].to_numpy()[i:j])))
+            if mask is not None:
+                ids = ids.filter(pa.array(mask.of(cols["shard"].to_numpy()[i:j])))
             yield ids
 
     def topk(
