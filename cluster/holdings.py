@@ -204,7 +204,8 @@ class Holdings:
         """Drop ``shards`` from the index (their rows were evicted)."""
         with self._cond:
             self._drain()
-            mask = sum(1 << s for s in set(shards))
+            gone = set(shards)
+            mask = sum(1 << s for s in gone)
             for h, batches in list(self._ids.items()):
                 for b, held in list(batches.items()):
                     if held & mask:
@@ -214,7 +215,6 @@ class Holdings:
                             del batches[b]
                 if not batches:
                     del self._ids[h]
-            gone = set(shards)
             for k in [k for k in self._digest if k[0] in gone]:
                 del self._digest[k]
 
