@@ -127,13 +127,19 @@ class Repairer:
         # Shipments hold whole slices only: the receiver claims a slice as a unit, so a slice
         # split over two shipments would lose its second half.
         sent = 0
-        todo = [wanted[i : i + _SHIP_SLICES] for i in range(0, len(wanted), _SHIP_SLICES)][::-1]  # popped in order
+        # (slices, their rows once read), popped in order; a shipment over the byte budget (the
+        # receiver's buffer must hold it whole) is split in two, its rows carved, not read again
+        todo: list[tuple[list[tuple[int, int, list[int]]], pa.Table | None]] = [
+            (wanted[i : i + _SHIP_SLICES], None) for i in range(0, len(wanted), _SHIP_SLICES)
+        ][::-1]
         while todo:
-            chunk = todo.pop()
-            rows = self.read_slices(chunk)
-            if rows.nbytes > _SHIP_BYTES and len(chunk) > 1:  # the receiver's buffer must hold it whole
+            chunk, rows = todo.pop()
+            if rows is None:
+                rows = self.read_slices(chunk)
+            if rows.nbytes > _SHIP_BYTES and len(chunk) > 1:
                 half = len(chunk) // 2
-                todo += [chunk[half:], chunk[:half]]
+                for part in (chunk[half:], chunk[:half]):
+                    todo.append((part, self.holdings.select(rows, [(s, h, b) for s, h, ids in part for b in ids])))
                 continue
             if rows.num_rows:
                 self.peers.ingest(peer, pack_parquet(rows), parquet=True)
