@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -28,16 +29,24 @@ def _node(tmp_path: Path, wait_s: float) -> Node:
     )
 
 
+def _fill(node: Node, rng: random.Random) -> int:
+    """Ingest until the buffer is nearly full; returns the events stored."""
+    while node.buffer.total_bytes < 150_000:
+        node.ingest(random_events(rng, 500))
+    return node.ingestor.events_total
+
+
 def test_a_write_waits_for_the_persist_that_makes_room(tmp_path: Path) -> None:
     node = _node(tmp_path, wait_s=60)
     rng = random.Random(1)
-    while node.buffer.total_bytes < 150_000:
-        node.ingest(random_events(rng, 500))
-    stored = node.ingestor.events_total
+    stored = _fill(node, rng)
     done: list[int] = []
     writer = threading.Thread(target=lambda: done.append(node.ingest(random_events(rng, 1000)).accepted))
     writer.start()
-    writer.join(timeout=0.3)
+    deadline = time.monotonic() + 60
+    while node.ingestor._waiters._value:  # type: ignore[attr-defined]  # the one slot is taken while it waits
+        assert time.monotonic() < deadline, "the writer never waited"
+        time.sleep(0.01)
     assert writer.is_alive() and not done, "the write waits while the buffer is full"
     node.persist_now()
     writer.join(timeout=60)
@@ -48,9 +57,7 @@ def test_a_write_waits_for_the_persist_that_makes_room(tmp_path: Path) -> None:
 def test_past_the_wait_a_write_is_refused_and_nothing_is_stored(tmp_path: Path) -> None:
     node = _node(tmp_path, wait_s=0.05)
     rng = random.Random(2)
-    while node.buffer.total_bytes < 150_000:
-        node.ingest(random_events(rng, 500))
-    stored = node.ingestor.events_total
+    stored = _fill(node, rng)
     with pytest.raises(Overloaded):
         node.ingest(random_events(rng, 1000))
     assert node.ingestor.events_total == stored
