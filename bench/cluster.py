@@ -34,7 +34,7 @@ import httpx
 from bench import loader
 from bench.queries import KINDS, RANGES, Query, compare, latency_cells, make_queries
 from bench.report import update_results
-from bench.server import DEFAULT_COMMAND, ServerProcess, disk_usage
+from bench.server import DEFAULT_COMMAND, ServerProcess, disk_usage, wait_persisted
 from bench.workload import Workload, chunk_paths, ensure
 
 __all__ = ["main"]
@@ -135,11 +135,6 @@ class Cluster:
             time.sleep(0.2)
 
 
-def _buffered(url: str) -> int:
-    """Rows a node holds in its live buffer (acknowledged, not yet persisted)."""
-    return int(httpx.get(url + "/v1/stats", timeout=10).json()["buffer_rows"])
-
-
 def _cells(queries: list[Query], latencies: list[float]) -> dict[tuple[str, str], Any]:
     return latency_cells(queries, latencies)
 
@@ -213,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         res = pool.ingest(head)
         r["single_eps"], r["ingest_events"] = res.events_per_s, res.events
         _log(f"single node: {res.events:,} events in {res.seconds:.1f}s = {res.events_per_s:,.0f} ev/s")
-        Cluster.wait("single node persisted", lambda: _buffered(single.url) == 0, 300)
+        if wait_persisted([single.url]) is None:
+            raise SystemExit("BENCH ABORTED: the single node did not persist in 300s")
         ref = loader.run_queries(single.url, queries)
         r["single_disk"] = disk_usage(out / "single")
     r["single_cells"] = _cells(queries, ref.latencies_ms)
@@ -228,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             r["cluster_eps"] = res.events_per_s
             _log(f"cluster: {res.events:,} events in {res.seconds:.1f}s = {res.events_per_s:,.0f} ev/s via n1")
             # Queried once everything acknowledged is on disk, on both sides (as bench.run does).
-            Cluster.wait("cluster persisted", lambda: all(_buffered(s.url) == 0 for s in cluster.live()), 300)
+            if wait_persisted([s.url for s in cluster.live()]) is None:
+                raise SystemExit("BENCH ABORTED: the cluster did not persist in 300s")
             run = loader.run_queries(n2.url, queries)
             r["cluster_cells"] = _cells(queries, run.latencies_ms)
             r["queries"], r["mismatches"] = len(queries), len(compare(queries, ref.answers, run.answers))

@@ -28,7 +28,7 @@ from bench import loader
 from bench.peers import PEERS, PeerResult, run_peer_isolated
 from bench.queries import Cell, Query, compare, latency_cells, make_queries, percentile
 from bench.report import RunReport, TributaryReport, chart, render, update_results
-from bench.server import DEFAULT_COMMAND, RssSampler, ServerProcess, disk_usage
+from bench.server import DEFAULT_COMMAND, RssSampler, ServerProcess, disk_usage, wait_persisted
 from bench.workload import Workload, chunk_paths, ensure
 
 __all__ = ["main"]
@@ -124,7 +124,7 @@ def _run_tributary(
                     f"tributary: {result.fmt} ingest {result.events:,} events in {result.seconds:.2f}s = "
                     f"{result.events_per_s / 1e6:.2f}M events/s ({result.retries} retries)"
                 )
-            settle_s = _settle(server.url)
+            settle_s = wait_persisted([server.url])
             _log(f"tributary: everything acknowledged was persisted {settle_s} s after the last ingest")
             stats = _stats(server.url)
             sampler.enter("queries")
@@ -168,18 +168,6 @@ def _stats(url: str) -> dict[str, object] | None:
     except httpx.HTTPError:
         return None
     return dict(response.json()) if response.status_code == 200 else None
-
-
-def _settle(url: str, timeout_s: float = 300.0) -> float | None:
-    """Seconds until the node has persisted all it acknowledged (an empty live buffer): "W20
-    loaded" means on disk, as the peers' loads are; None if that takes over ``timeout_s``."""
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < timeout_s:
-        stats = _stats(url)
-        if stats is not None and stats.get("buffer_rows") == 0:
-            return round(time.perf_counter() - t0, 1)
-        time.sleep(0.2)
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:

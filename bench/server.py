@@ -25,7 +25,7 @@ from types import TracebackType
 import httpx
 import psutil
 
-__all__ = ["DEFAULT_COMMAND", "RssSampler", "ServerError", "ServerProcess", "disk_usage"]
+__all__ = ["DEFAULT_COMMAND", "RssSampler", "ServerError", "ServerProcess", "disk_usage", "wait_persisted"]
 
 # The venv's console script, so the pid we watch is the server itself and not a `uv run` wrapper.
 DEFAULT_COMMAND = f"{Path(sys.executable).parent / 'tributary'} serve --host 127.0.0.1 --port {{port}} --data {{data}}"
@@ -50,6 +50,19 @@ def disk_usage(path: Path) -> int:
             with contextlib.suppress(FileNotFoundError):
                 total += os.lstat(os.path.join(root, name)).st_blocks * 512
     return total
+
+
+def wait_persisted(urls: list[str], timeout_s: float = 300.0) -> float | None:
+    """Seconds until every node at ``urls`` has persisted all it acknowledged (an empty live
+    buffer): "loaded" means on disk, as the peers' loads are; None if that takes over
+    ``timeout_s``."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout_s:
+        with contextlib.suppress(httpx.HTTPError):
+            if all(httpx.get(f"{u}/v1/stats", timeout=10.0).json()["buffer_rows"] == 0 for u in urls):
+                return round(time.perf_counter() - t0, 1)
+        time.sleep(0.2)
+    return None
 
 
 @dataclass
