@@ -12,7 +12,6 @@ over their own byte budget: a parsed footer is large, and the set of parts grows
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +19,8 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from query.lru import ByteLRU
 
 __all__ = ["PartReader", "ReaderConfig"]
 
@@ -51,28 +52,20 @@ class PartReader:
     def __init__(self, config: ReaderConfig | None = None) -> None:
         self.config = config or ReaderConfig()
         self._lock = threading.Lock()
-        self._files: OrderedDict[str, _File] = OrderedDict()
-        self._file_bytes = 0
-        self._groups: OrderedDict[tuple[str, int, tuple[str, ...]], pa.Table] = OrderedDict()
-        self._bytes = 0
+        self._files: ByteLRU[str, _File] = ByteLRU(self.config.file_bytes, lambda f: f.cost, keep=1)
+        self._groups: ByteLRU[tuple[str, int, tuple[str, ...]], pa.Table] = ByteLRU(
+            self.config.cache_bytes, lambda t: t.nbytes
+        )
         self.group_reads = 0  # row groups decoded (cache misses), for tests and metrics
 
     def _file(self, path: str) -> _File:
         with self._lock:
             f = self._files.get(path)
-            if f is not None:
-                self._files.move_to_end(path)
-                return f
+        if f is not None:
+            return f
         f = _File(path)
         with self._lock:
-            if path in self._files:
-                return self._files[path]
-            self._files[path] = f
-            self._file_bytes += f.cost
-            while self._file_bytes > self.config.file_bytes and len(self._files) > 1:
-                _, old = self._files.popitem(last=False)
-                self._file_bytes -= old.cost
-        return f
+            return self._files.put(path, f)
 
     def footer(self, path: str) -> tuple[pq.FileMetaData, npt.NDArray[Any]]:
         """The file's metadata and the first row of each row group (plus the row count)."""
@@ -87,7 +80,6 @@ class PartReader:
             for g in groups:
                 hit = self._groups.get((path, g, names))
                 if hit is not None:
-                    self._groups.move_to_end((path, g, names))
                     found[g] = hit
         missing = [g for g in groups if g not in found]
         if missing:
@@ -98,13 +90,8 @@ class PartReader:
                 self.group_reads += len(missing)
                 for g in missing:
                     n = int(f.starts[g + 1] - f.starts[g])
-                    piece = found[g] = table.slice(offset, n)
+                    found[g] = self._groups.put((path, g, names), table.slice(offset, n))
                     offset += n
-                    self._groups[(path, g, names)] = piece
-                    self._bytes += piece.nbytes
-                while self._bytes > self.config.cache_bytes and self._groups:
-                    _, old = self._groups.popitem(last=False)
-                    self._bytes -= old.nbytes
         return [found[g] for g in groups]
 
     def columns(self, path: str, first: int, stop: int, names: list[str]) -> dict[str, pa.Array]:
@@ -127,7 +114,5 @@ class PartReader:
     def forget(self, paths: set[str]) -> None:
         """Drop what is cached of files that no longer exist (parts removed by compaction)."""
         with self._lock:
-            for p in [p for p in self._files if p in paths]:
-                self._file_bytes -= self._files.pop(p).cost
-            for key in [k for k in self._groups if k[0] in paths]:
-                self._bytes -= self._groups.pop(key).nbytes
+            self._files.pop_where(lambda p: p in paths)
+            self._groups.pop_where(lambda k: k[0] in paths)

@@ -15,7 +15,6 @@ cache is over its byte budget.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from query.lru import ByteLRU
 from query.part_reader import PartReader
 from query.timerange import ceil_to, floor_to
 from storage.manifest import Part
@@ -235,14 +235,13 @@ class RollupCache:
         self.reader = reader
         self.config = config or CacheConfig()
         self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[str, int], Entry] = OrderedDict()
+        self._entries: ByteLRU[tuple[str, int], Entry] = ByteLRU(self.config.max_bytes, lambda e: e.nbytes, keep=1)
         self._unusable: set[int] = set()
-        self._bytes = 0
         self.loads = 0  # entries loaded from files (cache misses), for tests and metrics
 
     @property
     def nbytes(self) -> int:
-        return self._bytes
+        return self._entries.nbytes
 
     def index(self, part: Part) -> PartIndex:
         """The part's index; raises ``UnusableIndex`` when the part must be read by DuckDB."""
@@ -263,19 +262,12 @@ class RollupCache:
         key = (kind, part.id)
         with self._lock:
             hit = self._entries.get(key)
-            if hit is not None:
-                self._entries.move_to_end(key)
-                return hit  # type: ignore[return-value]
+        if hit is not None:
+            return hit  # type: ignore[return-value]
         value = load()
         with self._lock:
             self.loads += 1
-            if key not in self._entries:
-                self._entries[key] = value
-                self._bytes += value.nbytes
-                while self._bytes > self.config.max_bytes and len(self._entries) > 1:
-                    _, old = self._entries.popitem(last=False)
-                    self._bytes -= old.nbytes
-        return value
+            return self._entries.put(key, value)  # type: ignore[return-value]
 
     def mark_unusable(self, part: Part) -> None:
         with self._lock:
@@ -290,11 +282,6 @@ class RollupCache:
         the dropped parts so their files can be forgotten by the reader too."""
         ids = {p.id for p in live}
         with self._lock:
-            gone = [k for k in self._entries if k[1] not in ids]
-            dropped = []
-            for k in gone:
-                entry = self._entries.pop(k)
-                self._bytes -= entry.nbytes
-                dropped.append(entry.part)
+            dropped = [entry.part for entry in self._entries.pop_where(lambda k: k[1] not in ids)]
             self._unusable &= ids
         return dropped

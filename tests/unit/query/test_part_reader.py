@@ -29,7 +29,7 @@ def test_any_row_range_equals_a_full_read(tmp_path: Path) -> None:
         got = reader.columns(str(tmp_path / "a.parquet"), first, stop, names)
         for n in names:
             assert got[n].equals(table.column(n).slice(first, stop - first).combine_chunks())
-    assert reader._bytes <= 20_000 or len(reader._groups) == 1
+    assert reader._groups.nbytes <= 20_000 or len(reader._groups) == 1
     with pytest.raises(IndexError):
         reader.columns(str(tmp_path / "a.parquet"), 10, 5001, ["timestamp"])
 
@@ -43,7 +43,7 @@ def test_open_files_are_bounded_and_forgotten(tmp_path: Path) -> None:
     reader = PartReader(ReaderConfig(file_bytes=5 * cost))
     for p in paths:
         assert reader.columns(p, 0, 10, ["timestamp"])["timestamp"].to_pylist() == list(range(10))
-    assert len(reader._files) == 5 and reader._file_bytes == 5 * cost
+    assert len(reader._files) == 5 and reader._files.nbytes == 5 * cost
     reader.forget(set(paths))
     assert not reader._files and not reader._groups
-    assert reader._file_bytes == 0 and reader._bytes == 0
+    assert reader._files.nbytes == 0 and reader._groups.nbytes == 0
