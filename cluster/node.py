@@ -45,8 +45,7 @@ from ingest.idempotency import IdempotencyConfig, IdempotencyIndex, KeyRecord
 from ingest.ingestor import IngestConfig, Ingestor, IngestResult, batch_id_for
 from ingest.persister import PersistConfig, Persister
 from ingest.wal import Wal, WalConfig
-from query.approx import DistinctAnswer, QuantileAnswer, TopAnswer
-from query.approxengine import ApproxConfig, ApproxEngine, ExactQuantiles
+from query.approxengine import ApproxConfig, ApproxEngine
 from query.engine import Engine, EngineConfig
 from query.sandbox import Sandbox, SandboxConfig, SqlResult, SqlStream
 from storage.compaction import CompactionConfig, Compactor
@@ -321,36 +320,6 @@ class Node:
     ) -> Answer:
         """Quantiles of ``value``: ``ExactQuantiles``, or with ``approx`` a ``QuantileAnswer``."""
         return self.answers.quantiles(category, start, end, qs, approx, shards, strict=strict)
-
-    def topk_approx(
-        self, category: str, start: int, end: int, k: int, shards: Sequence[int] | None = None, *, strict: bool = False
-    ) -> Answer:
-        """Approximate top-k from frequent-items sketches: a ``query.approx.TopAnswer``."""
-        return self.answers.topk_approx(category, start, end, k, shards, strict=strict)
-
-    def distinct_partial(
-        self, category: str, start: int, end: int, approx: bool, shards: Sequence[int]
-    ) -> dict[str, Any]:
-        return self.answers.distinct_partial(category, start, end, approx, shards)
-
-    def quantiles_partial(
-        self, category: str, start: int, end: int, approx: bool, shards: Sequence[int]
-    ) -> dict[str, Any]:
-        return self.answers.quantiles_partial(category, start, end, approx, shards)
-
-    def topk_approx_partial(self, category: str, start: int, end: int, k: int, shards: Sequence[int]) -> dict[str, Any]:
-        return self.answers.topk_approx_partial(category, start, end, k, shards)
-
-    def merge_distinct_partials(self, parts: Sequence[dict[str, Any]], approx: bool) -> int | DistinctAnswer:
-        return self.answers.merge_distinct_partials(parts, approx)
-
-    def merge_quantiles_partials(
-        self, parts: Sequence[dict[str, Any]], qs: Sequence[float], approx: bool
-    ) -> ExactQuantiles | QuantileAnswer:
-        return self.answers.merge_quantiles_partials(parts, qs, approx)
-
-    def merge_topk_partials(self, parts: Sequence[dict[str, Any]], k: int) -> TopAnswer:
-        return self.answers.merge_topk_partials(parts, k)
 
     def answer_peer(self, request: dict[str, Any]) -> dict[str, Any]:
         """A peer's scatter-gather request over some of our shards (``/internal/query``)."""
