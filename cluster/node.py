@@ -15,7 +15,6 @@ A node alone in its map (no ``peers``) is a cluster of one and takes the local f
 from __future__ import annotations
 
 import contextlib
-import random
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -227,7 +226,7 @@ class Node:
             if known is not None:
                 return IngestResult(known.accepted, duplicate=True)
         try:
-            rows = self.ingestor.stored_rows(events, batch_id_for(key) if key else random.getrandbits(63))
+            rows = self.ingestor.stored_rows(events, batch_id_for(key))
             for attempt in range(self.config.cluster.write_retries + 1):
                 try:
                     out = self.writer.write(rows)
