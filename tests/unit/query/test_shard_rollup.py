@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -53,13 +54,7 @@ class Node:
 
     def oracle(self, category: str, start: int, end: int, shards: list[int]) -> tuple[int, int]:
         t = pa.concat_tables(self.rows)
-        ts = t["timestamp"].to_numpy()
-        keep = (
-            (t["category"].to_numpy(zero_copy_only=False) == category)
-            & (ts >= start)
-            & (ts < end)
-            & np.isin(t["shard"].to_numpy(), shards)
-        )
+        keep = _selected(t, category, start, end, shards)
         return int(keep.sum()), sum(int(v) for v in t["value"].to_numpy()[keep])
 
     def close(self) -> None:
@@ -176,15 +171,20 @@ def test_shard_mask_ignores_shards_no_part_can_hold() -> None:
     assert mask.of(np.array([0, 3, 65535], dtype=np.uint16)).tolist() == [False, True, False]
 
 
-def topk_oracle(node: Node, category: str, start: int, end: int, k: int, shards: list[int]) -> list[tuple[str, int]]:
-    t = pa.concat_tables(node.rows)
+def _selected(t: pa.Table, category: str, start: int, end: int, shards: list[int]) -> npt.NDArray[np.bool_]:
+    """The rows of ``t`` a query over (category, [start, end), shards) counts."""
     ts = t["timestamp"].to_numpy()
-    keep = (
+    return (
         (t["category"].to_numpy(zero_copy_only=False) == category)
         & (ts >= start)
         & (ts < end)
         & np.isin(t["shard"].to_numpy(), shards)
     )
+
+
+def topk_oracle(node: Node, category: str, start: int, end: int, k: int, shards: list[int]) -> list[tuple[str, int]]:
+    t = pa.concat_tables(node.rows)
+    keep = _selected(t, category, start, end, shards)
     counts: dict[str, int] = {}
     for p in t["producer_id"].filter(pa.array(keep)).to_pylist():
         counts[p] = counts.get(p, 0) + 1
