@@ -92,6 +92,22 @@ def check_topk(answer: dict, exact: list[tuple[str, int]], k: int) -> None:  # t
         assert set(listed) == {p for p, _ in exact[:k]}
 
 
+def _one_group(producers: list[str], timestamps: list[int]) -> pa.Table:
+    """Stored rows of category "a" in shard 0 (one sketch group), values 0, 1, 2, ..."""
+    n = len(producers)
+    return pa.table(
+        {
+            "timestamp": pa.array(timestamps, pa.int64()),
+            "category": ["a"] * n,
+            "value": pa.array(range(n), pa.int64()),
+            "producer_id": producers,
+            "shard": pa.array([0] * n, pa.uint16()),
+            "batch_id": pa.array([0] * n, pa.int64()),
+        },
+        schema=STORED_SCHEMA,
+    )
+
+
 @pytest.mark.parametrize("seed", [11, 12])
 def test_answers_stay_inside_their_bounds_over_many_ranges(seed: int) -> None:
     rows = workload(seed, n=60_000, producers=20_000)
@@ -254,17 +270,7 @@ def test_topk_guarantee_fails_when_the_sketch_evicted_below_k() -> None:
     # 100 producers with equal counts overflow a 24-slot map: nothing can be guaranteed.
     producers = [f"p{i}" for i in range(100)] * 3
     n = len(producers)
-    rows = pa.table(
-        {
-            "timestamp": pa.array([T0] * n, pa.int64()),
-            "category": ["a"] * n,
-            "value": pa.array(range(n), pa.int64()),
-            "producer_id": producers,
-            "shard": pa.array([0] * n, pa.uint16()),
-            "batch_id": pa.array([0] * n, pa.int64()),
-        },
-        schema=STORED_SCHEMA,
-    )
+    rows = _one_group(producers, [T0] * n)
     answer = approx_topk(build_sketches(rows, CONFIG), 5, CONFIG)
     assert not answer["guaranteed"] and answer["unlisted_upper_bound"] >= 3
     assert answer["events"] == n
@@ -301,17 +307,7 @@ def test_topk_from_sketches_that_kept_only_the_largest_producers() -> None:
     counts = {"big": 100, "mid": 50, **{f"p{i:02d}": 1 + i % 3 for i in range(30)}}
     producers = [p for p, n in counts.items() for _ in range(n)]
     n = len(producers)
-    rows = pa.table(
-        {
-            "timestamp": pa.array([T0 + i for i in range(n)], pa.int64()),
-            "category": ["a"] * n,
-            "value": pa.array(range(n), pa.int64()),
-            "producer_id": producers,
-            "shard": pa.array([0] * n, pa.uint16()),
-            "batch_id": pa.array([0] * n, pa.int64()),
-        },
-        schema=STORED_SCHEMA,
-    )
+    rows = _one_group(producers, [T0 + i for i in range(n)])
     sketches = build_sketches(rows)  # default config: keeps 8
     top = approx_topk(sketches, 2)
     # Held exactly, but a producer may have been left out of another sketch of the range with at
