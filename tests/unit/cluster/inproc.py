@@ -93,7 +93,12 @@ class InProcCluster:
             time.sleep(0.05)
 
     def serving(self) -> bool:
-        return all(n.serving for name, n in self.nodes.items() if name in self._servers)
+        """Every live node serves reads, and each has seen every other live node serving (a
+        read routes only to peers its detector has seen serving)."""
+        live = [name for name in self.nodes if name in self._servers]
+        return all(self.nodes[n].serving for n in live) and all(
+            self.nodes[a].detector.is_serving(b) for a in live for b in live if a != b
+        )
 
     def close(self) -> None:
         for name in list(self._servers):
