@@ -170,22 +170,27 @@ def _dense_minute_rollup(rows: pa.Table) -> pa.Table | None:
     )
 
 
+def _keyed(rows: pa.Table, period: str, period_ns: int, *extra: str) -> pa.Table:
+    """category, shard, the start of each row's ``period`` (Unix ns), ``extra`` columns, value."""
+    ts = rows.column("timestamp").to_numpy()
+    return pa.table(
+        {
+            "category": rows.column("category"),
+            "shard": rows.column("shard"),
+            period: pa.array(ts - ts % period_ns),
+            **{c: rows.column(c) for c in extra},
+            "value": rows.column("value"),
+        }
+    )
+
+
 def minute_rollup(rows: pa.Table) -> pa.Table:
     """(category, shard, minute) -> count, sum of STORED_SCHEMA rows, sorted by those keys."""
     dense = _dense_minute_rollup(rows)
     if dense is not None:
         return dense
-    ts = rows.column("timestamp").to_numpy()
-    src = pa.table(
-        {
-            "category": rows.column("category"),
-            "shard": rows.column("shard"),
-            "minute": pa.array(ts - ts % MINUTE_NS),
-            "value": rows.column("value"),
-        }
-    )
     keys = ["category", "shard", "minute"]
-    return _sorted(_aggregate(src, keys), keys, MINUTE_ROLLUP_SCHEMA)
+    return _sorted(_aggregate(_keyed(rows, "minute", MINUTE_NS), keys), keys, MINUTE_ROLLUP_SCHEMA)
 
 
 # Producer rollups are sorted by (category, shard, hour) but not by producer id inside: ordering
@@ -197,17 +202,8 @@ _PRODUCER_ORDER = ["category", "shard", "hour"]
 def producer_rollup(rows: pa.Table) -> pa.Table:
     """(category, shard, hour, producer_id) -> count, sum of STORED_SCHEMA rows, sorted by
     (category, shard, hour)."""
-    ts = rows.column("timestamp").to_numpy()
-    src = pa.table(
-        {
-            "category": rows.column("category"),
-            "shard": rows.column("shard"),
-            "hour": pa.array(ts - ts % HOUR_NS),
-            "producer_id": rows.column("producer_id"),
-            "value": rows.column("value"),
-        }
-    )
     keys = ["category", "shard", "hour", "producer_id"]
+    src = _keyed(rows, "hour", HOUR_NS, "producer_id")
     return _sorted(_aggregate(src, keys), _PRODUCER_ORDER, PRODUCER_ROLLUP_SCHEMA)
 
 
