@@ -24,10 +24,10 @@ import pyarrow.compute as pc
 
 from ingest.buffer import BufferView
 from query.part_reader import PartReader, ReaderConfig
-from query.rollup_cache import CacheConfig, PartIndex, RollupCache, TopList, UnusableIndex
+from query.rollup_cache import CacheConfig, PartIndex, PartTop, RollupCache, TopList, UnusableIndex
 from query.shard_rollup import PartShards, ShardMask, load_shards
 from query.timerange import ceil_to, floor_to
-from query.topk import count_ids, merge_heads, sum_by_id, top_of
+from query.topk import RESOLVED_SCHEMA, Bounds, bounds, count_ids, prove, sum_by_id, top_of, unresolved
 from storage.manifest import Manifest, ManifestState, Part
 from storage.memory import release_memory
 from storage.schema import HOUR_NS, MINUTE_NS
@@ -44,6 +44,10 @@ class IndexConfig:
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     warm: bool = True  # load new parts' indexes in the background
     poll_s: float = 0.25  # how often the background loader looks for new parts
+    # A top-k the heads leave open may look up this many producers' exact counts in the parts
+    # whose heads don't list them (e.g. over a shard subset, whose k-th count is lower than the
+    # whole part's); beyond, DuckDB answers.
+    lookup_ids: int = 64
 
 
 def _wanted(shards: Sequence[int] | None) -> Ints | None:
@@ -193,6 +197,7 @@ class PartIndexes:
         filtered = False  # a head of a part holding shards not asked for: filter the heads
         h1, h2 = ceil_to(start, HOUR_NS), floor_to(end, HOUR_NS)
         heads: list[TopList] = []
+        tops: list[PartTop] = []  # the part of each head, for lookups
         added = _Tally()  # rows counted one by one
         removed = _Tally()  # rows subtracted from a whole part's head
         try:
@@ -207,9 +212,11 @@ class PartIndexes:
                     if inside_shards.all():
                         part_wanted = None
                 if h1 <= part.hour and part.hour + HOUR_NS <= h2:
-                    head = self.cache.top(part).categories.get(category)
+                    top = self.cache.top(part)
+                    head = top.categories.get(category)
                     if head is not None:
                         heads.append(head)
+                        tops.append(top)
                         filtered = filtered or part_wanted is not None
                     continue
                 index = self.cache.index(part)
@@ -221,9 +228,11 @@ class PartIndexes:
                     continue
                 # Most of the part's hour is in range: take its head and subtract the rows
                 # outside the range, which are fewer to read than the rows inside.
-                head = self.cache.top(part).categories.get(category)
+                top = self.cache.top(part)
+                head = top.categories.get(category)
                 if head is not None:
                     heads.append(head)
+                    tops.append(top)
                     filtered = filtered or part_wanted is not None
                     removed.add(self._edge_ids(index, category, part.hour, lo, part_wanted))
                     removed.add(self._edge_ids(index, category, hi, part.hour + HOUR_NS, part_wanted))
@@ -236,7 +245,53 @@ class PartIndexes:
         if minus.num_rows:
             minus = minus.set_column(1, "count", pc.negate(minus.column("count")))
             counts = _add_counts(counts, minus)
-        return merge_heads(heads, counts, k, wanted if filtered else None)
+        heads_shards = wanted if filtered else None
+        known = bounds(heads, counts, heads_shards)
+        answer = prove(known, k)
+        if answer is None:
+            resolved = self._look_up(known, heads, tops, category, k)
+            if resolved is not None:
+                answer = prove(bounds(heads, counts, heads_shards, resolved), k)
+        return answer
+
+    def _look_up(
+        self, known: Bounds, heads: Sequence[TopList], tops: Sequence[PartTop], category: str, k: int
+    ) -> pa.Table | None:
+        """Exact counts, in the parts whose heads don't list them, of the producers that keep
+        ``known`` from proving a top-k (``query/topk.py`` ``unresolved``), as ``RESOLVED_SCHEMA``
+        rows; None when there are too many or a part's rollup is not sorted by category."""
+        need = unresolved(known, k, self.config.lookup_ids)
+        if need is None:
+            return None
+        ids: list[pa.Array] = []
+        found: list[Ints] = []
+        thresholds: list[Ints] = []
+        for head, top in zip(heads, tops, strict=True):
+            if head.threshold == 0:
+                continue  # a complete list: a producer it does not list has no rows there
+            span = top.spans.get(category)
+            if span is None:
+                return None
+            missing = need.filter(pc.invert(pc.is_in(need, head.ids)))
+            if len(missing) == 0:
+                continue
+            # One read of the category's rows per part (a producer has one row per part: one
+            # hour); a producer without a row there has a count of 0 in it.
+            cols = self.reader.columns(
+                top.part.path(self.cache.root, "rollup_producer"), span.first, span.stop, ["producer_id", "count"]
+            )
+            hit = pc.is_in(cols["producer_id"], missing)
+            present = cols["producer_id"].filter(hit)
+            absent = missing.filter(pc.invert(pc.is_in(missing, present)))
+            ids += [present, absent]
+            found += [cols["count"].filter(hit).to_numpy(), np.zeros(len(absent), dtype=np.int64)]
+            thresholds.append(np.full(len(present) + len(absent), head.threshold, dtype=np.int64))
+        if not ids:
+            return None
+        return pa.table(
+            [pa.chunked_array(ids, pa.string()), np.concatenate(found).astype(np.int64), np.concatenate(thresholds)],
+            schema=RESOLVED_SCHEMA,
+        )
 
 
 class _Tally:

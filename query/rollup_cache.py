@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -33,7 +33,7 @@ from storage.ordering import EVENTS_SORT_KEY, EVENTS_SORTED_BY, lex_order, strin
 from storage.rollup import exact_sum, int64_sums_are_exact
 from storage.schema import HOUR_NS, MINUTE_NS
 
-__all__ = ["CacheConfig", "Entry", "PartIndex", "PartTop", "RollupCache", "TopList", "UnusableIndex"]
+__all__ = ["CacheConfig", "Entry", "PartIndex", "PartTop", "RollupCache", "Span", "TopList", "UnusableIndex"]
 
 Ints = npt.NDArray[Any]
 
@@ -149,11 +149,22 @@ class TopList:
     threshold: int  # every producer not listed has at most this count (0: the list is complete)
 
 
+@dataclass(frozen=True)
+class Span:
+    """One category's rows in a producer rollup file sorted by category: ``[first, stop)``."""
+
+    first: int
+    stop: int
+
+
 @dataclass(frozen=True, eq=False)
 class PartTop:
     part: Part
     categories: dict[str, TopList]
     nbytes: int
+    # Per category, its rows in the rollup file, to look up the exact count of a producer the
+    # head does not list (empty when the file is not sorted by category).
+    spans: dict[str, Span] = field(default_factory=dict)
 
 
 def _prefix(values: Ints) -> Ints:
@@ -210,12 +221,13 @@ def load_top(part: Part, root: Path, top_n: int) -> PartTop:
     ranks, names = string_ranks(table.column("category"))
     if len(counts) == 0:
         return PartTop(part, {}, 256)
+    ids, shards = table.column("producer_id"), table.column("shard").to_numpy()
+    bounds = np.concatenate(([0], np.cumsum(np.bincount(ranks, minlength=len(names)))))
+    spans = _spans(ranks, bounds, names.to_pylist())
     order = lex_order(ranks, int(counts.max()) - counts)  # category, then count descending
     ranks, counts = ranks[order], counts[order]
-    bounds = np.concatenate(([0], np.cumsum(np.bincount(ranks, minlength=len(names)))))
-    ids, shards = table.column("producer_id"), table.column("shard").to_numpy()
     categories = {}
-    nbytes = 256
+    nbytes = 256 + 100 * len(spans)
     for r, name in enumerate(names.to_pylist()):
         lo, hi = int(bounds[r]), int(bounds[r + 1])
         head = order[lo : min(hi, lo + top_n)]
@@ -224,7 +236,14 @@ def load_top(part: Part, root: Path, top_n: int) -> PartTop:
         top = TopList(listed, counts[lo : lo + len(head)].copy(), shards[head], threshold)
         categories[str(name)] = top
         nbytes += listed.nbytes + top.counts.nbytes + top.shards.nbytes + 200
-    return PartTop(part, categories, nbytes)
+    return PartTop(part, categories, nbytes, spans)
+
+
+def _spans(ranks: Ints, bounds: Ints, names: list[str]) -> dict[str, Span]:
+    """Each category's row range, when the file is sorted by category (as rollups are written)."""
+    if len(ranks) > 1 and not bool(np.all(ranks[1:] >= ranks[:-1])):
+        return {}  # another order: heads work, lookups don't
+    return {str(name): Span(int(bounds[r]), int(bounds[r + 1])) for r, name in enumerate(names)}
 
 
 class RollupCache:

@@ -9,13 +9,19 @@ does not list it); a producer listed nowhere has at most the sum of all threshol
 lower bound is the exact answer when each of its members is fully known and nobody outside it
 could reach the k-th count. This is Fagin's threshold algorithm with the thresholds stored; on
 skewed data (the usual case for top-k) it proves the answer from a few thousand rows instead of
-the hundreds of thousands of a full day's producer rollup. When it cannot prove the answer it
-returns None and the caller answers exactly the long way.
+the hundreds of thousands of a full day's producer rollup.
+
+When the bounds leave the answer open only because a few producers' counts are not fully known
+(typically over a shard subset, whose k-th count is lower than the whole part's: a member falls
+below some hour's threshold), ``unresolved`` names them; the caller looks up their exact counts
+in the parts whose heads don't list them and proves again with those (``bounds(resolved=)``).
+When even that cannot prove the answer, the caller answers exactly the long way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,9 +32,21 @@ import pyarrow.compute as pc
 from query.rollup_cache import TopList
 from storage.rollup import sum_by_id
 
-__all__ = ["COUNTS_SCHEMA", "count_ids", "merge_heads", "sum_by_id", "top_of"]
+__all__ = [
+    "COUNTS_SCHEMA",
+    "RESOLVED_SCHEMA",
+    "Bounds",
+    "bounds",
+    "count_ids",
+    "merge_heads",
+    "prove",
+    "sum_by_id",
+    "top_of",
+    "unresolved",
+]
 
 COUNTS_SCHEMA = pa.schema([("producer_id", pa.string()), ("count", pa.int64())])
+RESOLVED_SCHEMA = pa.schema([("producer_id", pa.string()), ("count", pa.int64()), ("known", pa.int64())])
 
 
 def count_ids(ids: Sequence[pa.Array]) -> pa.Table:
@@ -64,13 +82,30 @@ def top_of(counts: pa.Table, k: int) -> list[tuple[str, int]]:
     return list(zip(ids.take(pa.array(chosen)).to_pylist(), values[chosen].tolist(), strict=True))
 
 
-def merge_heads(
-    heads: Sequence[TopList], exact: pa.Table, k: int, shards: npt.NDArray[Any] | None = None
-) -> list[tuple[str, int]] | None:
-    """The exact top-k of (whole-hour heads + ``exact`` counts), or None when unprovable.
+@dataclass(frozen=True, eq=False)
+class Bounds:
+    """What heads and exact counts tell of each producer: a count it has at least (``lows``)
+    and at most (``highs``), and ``unknown``, the most a producer listed nowhere can have."""
+
+    ids: pa.Array
+    lows: npt.NDArray[Any]
+    highs: npt.NDArray[Any]
+    unknown: int
+
+
+def bounds(
+    heads: Sequence[TopList],
+    exact: pa.Table,
+    shards: npt.NDArray[Any] | None = None,
+    resolved: pa.Table | None = None,
+) -> Bounds:
+    """The bounds of every producer seen in ``heads`` or ``exact``.
 
     ``exact`` holds exact ``(producer_id, count)`` of everything outside the heads' parts;
-    ``shards``, when given, limits the answer to producers of those shards.
+    ``shards``, when given, limits the heads to producers of those shards. ``resolved`` holds
+    ``(producer_id, count, known)`` rows: a producer's exact count in a part whose head does not
+    list it, looked up, with that head's threshold as ``known`` (it no longer bounds the
+    producer's count there, see ``unresolved``).
     """
     unknown = sum(h.threshold for h in heads)  # the most any unlisted producer can have
     id_arrays: list[pa.Array] = [exact.column("producer_id").combine_chunks()]
@@ -87,36 +122,77 @@ def merge_heads(
             low.append(h.counts[keep])
             n = int(keep.sum())
         known.append(np.full(n, h.threshold, dtype=np.int64))
-    table = pa.table(
-        {
-            "producer_id": pa.chunked_array(id_arrays, pa.string()),
-            "low": np.concatenate(low).astype(np.int64),
-            "known": np.concatenate(known),
-        }
-    )
-    if table.num_rows == 0:
-        return [] if unknown == 0 else None
+    if resolved is not None and resolved.num_rows:
+        id_arrays.append(resolved.column("producer_id").combine_chunks())
+        low.append(resolved.column("count").to_numpy())
+        known.append(resolved.column("known").to_numpy())
     ids, (lows, known_sums) = sum_by_id(
-        table.column("producer_id"), table.column("low").to_numpy(), table.column("known").to_numpy()
+        pa.chunked_array(id_arrays, pa.string()),
+        np.concatenate(low).astype(np.int64),
+        np.concatenate(known).astype(np.int64),
     )
-    highs = lows + (unknown - known_sums)
+    return Bounds(ids, lows, lows + (unknown - known_sums), unknown)
+
+
+def _chosen(b: Bounds, k: int) -> npt.NDArray[Any]:
     # Only producers with a positive count can be in the answer (``exact`` may hold negative
     # counts: rows subtracted from a whole part's head, see PartIndexes.topk).
-    positive = np.flatnonzero(lows > 0)
-    chosen = positive[_first_k(ids.take(pa.array(positive)), lows[positive], k)]
-    if not np.array_equal(lows[chosen], highs[chosen]):
+    positive = np.flatnonzero(b.lows > 0)
+    chosen: npt.NDArray[Any] = positive[_first_k(b.ids.take(pa.array(positive)), b.lows[positive], k)]
+    return chosen
+
+
+def prove(b: Bounds, k: int) -> list[tuple[str, int]] | None:
+    """The exact top-k, or None when the bounds leave it open."""
+    if len(b.ids) == 0:
+        return [] if b.unknown == 0 else None
+    chosen = _chosen(b, k)
+    if not np.array_equal(b.lows[chosen], b.highs[chosen]):
         return None  # a member's count is not fully known
-    rest = np.ones(len(lows), dtype=bool)
+    rest = np.ones(len(b.lows), dtype=bool)
     rest[chosen] = False
-    uncertain = highs[rest & (highs > lows)]
+    uncertain = b.highs[rest & (b.highs > b.lows)]
     if len(chosen) < k:
         # A short answer: nobody else may have a positive count.
-        if unknown > 0 or (len(uncertain) and int(uncertain.max()) > 0):
+        if b.unknown > 0 or (len(uncertain) and int(uncertain.max()) > 0):
             return None
     else:
-        kth = int(lows[chosen[-1]])
+        kth = int(b.lows[chosen[-1]])
         if len(uncertain) and int(uncertain.max()) >= kth:
             return None  # someone below could reach the k-th count
-        if unknown >= kth:
+        if b.unknown >= kth:
             return None  # a producer listed nowhere could reach it
-    return list(zip(ids.take(pa.array(chosen)).to_pylist(), lows[chosen].tolist(), strict=True))
+    return list(zip(b.ids.take(pa.array(chosen)).to_pylist(), b.lows[chosen].tolist(), strict=True))
+
+
+def unresolved(b: Bounds, k: int, limit: int) -> pa.Array | None:
+    """The producers whose exact counts would settle an answer ``prove`` leaves open: the
+    members not fully known and everyone below who could still reach the k-th count. None when
+    lookups cannot settle it: a short answer, a producer listed nowhere that could reach the
+    k-th count, or more than ``limit`` producers to look up.
+
+    Looking them up can only raise lows (counts are added where only a threshold was known),
+    so the k-th count cannot fall and nobody outside this set can reach it afterwards.
+    """
+    if len(b.ids) == 0:
+        return None
+    chosen = _chosen(b, k)
+    if len(chosen) < k:
+        return None
+    kth = int(b.lows[chosen[-1]])
+    if b.unknown >= kth:
+        return None
+    open_ = b.highs > b.lows
+    member = np.zeros(len(b.lows), dtype=bool)
+    member[chosen] = True
+    need = np.flatnonzero(open_ & (member | (b.highs >= kth)))
+    if len(need) == 0 or len(need) > limit:
+        return None
+    return b.ids.take(pa.array(need))
+
+
+def merge_heads(
+    heads: Sequence[TopList], exact: pa.Table, k: int, shards: npt.NDArray[Any] | None = None
+) -> list[tuple[str, int]] | None:
+    """The exact top-k of (whole-hour heads + ``exact`` counts), or None when unprovable."""
+    return prove(bounds(heads, exact, shards), k)
