@@ -12,17 +12,24 @@ Holdings also make storing idempotent at a replica: ``claim`` hands out only the
 held and not being stored right now, and waits for those in flight, so a batch retried through
 another coordinator, a replayed hint and a repair shipment of the same slice store it once.
 
-They are rebuilt at start from a small ``batches`` file written beside every part (a
-``PartExtra``) plus the live buffer, and kept current from every durable WAL record.
+Memory stays bounded: digests (one per (shard, hour)) are always in memory; the slices
+themselves are kept per hour in compact arrays (``cluster.sliceindex``, ~10 bytes a slice), and
+when they pass ``HoldingsConfig.max_bytes`` the least recently used hours leave memory. Such a
+*cold* hour is read back from the ``batches`` files of its parts (a ``PartExtra`` written beside
+every part) the next time a question needs it. An hour leaves memory only once every slice noted
+for it is in a published part (its last WAL sequence noted is persisted), so the files hold all
+of it; on reading it back its digests are recomputed from the files, which also counts slices
+whose notes are still queued.
 """
 
 from __future__ import annotations
 
-import os
 import struct
 import threading
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -31,93 +38,101 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
+from cluster.sliceindex import BatchesExtra, HourIds, hour_digest, read_hour
 from ingest.errors import Overloaded
-from storage.manifest import ManifestState
+from storage.manifest import Manifest, ManifestState
 from storage.schema import HOUR_NS
 
-__all__ = ["BatchesExtra", "Holdings", "Slice", "item_hash"]
+__all__ = ["BatchesExtra", "Holdings", "HoldingsConfig", "Slice", "item_hash"]
 
 Slice = tuple[int, int, int]  # (shard, hour, batch_id)
 _MASK = (1 << 64) - 1
 _PAIR = struct.Struct("<qq")
 _HOUR_SQL = f"timestamp - timestamp % {HOUR_NS}"  # the partition hour, exactly as storage computes it
+_UNPERSISTED = 2**63 - 1  # the WAL sequence of slices with no part behind them (they never go cold)
 
 
 def item_hash(hour: int, batch_id: int) -> int:
     return xxhash.xxh64_intdigest(_PAIR.pack(hour, batch_id))
 
 
-def _fsync(path: str) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
+@dataclass(frozen=True)
+class HoldingsConfig:
+    """Memory of the slice index. Hours past ``max_bytes`` are reread from disk when needed; the
+    hour in use is always kept, so set it to hold at least two hours of your batch rate
+    (~10 bytes per (shard, hour, batch) slice)."""
 
-
-class BatchesExtra:
-    """``batches-<part>.parquet`` beside each part: (shard, hour, batch_id, rows) of its rows."""
-
-    kind = "batches"
-
-    def build(self, con: duckdb.DuckDBPyConnection, rows_relation: str, path: str) -> None:
-        con.execute(
-            f"COPY (SELECT shard, {_HOUR_SQL} AS hour, batch_id, count(*)::BIGINT AS rows "
-            f"FROM {rows_relation} GROUP BY ALL ORDER BY ALL) TO '{path}' (FORMAT parquet)"
-        )
-        _fsync(path)
-
-    def merge(self, con: duckdb.DuckDBPyConnection, paths: Sequence[str], path: str) -> None:
-        files = ", ".join(f"'{p}'" for p in paths)
-        con.execute(
-            f"COPY (SELECT shard, hour, batch_id, sum(rows)::BIGINT AS rows FROM read_parquet([{files}], "
-            f"hive_partitioning = false) GROUP BY ALL ORDER BY ALL) TO '{path}' (FORMAT parquet)"
-        )
-        _fsync(path)
+    max_bytes: int = 64 << 20
+    fresh_entries: int = 65_536  # recent additions kept in dicts before merging into the arrays
 
 
 class Holdings:
-    """Thread-safe index of held slices with per-(shard, hour) digests and in-flight claims."""
+    """Thread-safe index of held slices with per-(shard, hour) digests and in-flight claims.
 
-    def __init__(self) -> None:
+    With a ``manifest`` hours may go cold and are read back from its parts; without one (tests)
+    everything stays in memory."""
+
+    def __init__(self, config: HoldingsConfig | None = None, manifest: Manifest | None = None) -> None:
+        self.config = config or HoldingsConfig()
+        self._manifest = manifest
         self._cond = threading.Condition()
-        # hour -> batch id -> bitmask of the shards it is held in: one entry per (hour, batch),
-        # not per (shard, hour, batch) — a batch spans most shards, so a set per slice took
-        # ~37 bytes x shards per batch (the soak run saw it grow by ~130 MB in 10 minutes).
-        self._ids: dict[int, dict[int, int]] = {}
-        self._digest: dict[tuple[int, int], tuple[int, int]] = {}  # (shard, hour) -> (sum, count)
-        self._pending: list[pa.Table] = []  # durable rows not yet indexed
+        self._hours: OrderedDict[int, HourIds] = OrderedDict()  # warm hours, least recently used first
+        self._cold: set[int] = set()  # hours held on disk only
+        self._seq: dict[int, int] = {}  # warm hour -> highest WAL sequence noted for it
+        self._bytes = 0  # of the warm hours
+        self._fresh = 0  # fresh entries added since the last merge
+        self._digest: dict[int, dict[int, tuple[int, int]]] = {}  # hour -> shard -> (sum, count)
+        self._notes = threading.Lock()  # only for _pending: the WAL writer never waits on a read
+        self._pending: list[tuple[pa.Table, int]] = []  # durable rows not yet indexed, with their seq
         self._inflight: set[Slice] = set()
         self._blocked: set[int] = set()  # shards being evicted: no claims meanwhile
         self._con = duckdb.connect(config={"threads": 1})
         self._con_lock = threading.Lock()
+        self.reloads = 0  # cold hours read back from disk
 
     # -- building -------------------------------------------------------------------------------
 
-    def load(self, root: Path, state: ManifestState, buffer_rows: pa.Table) -> int:
-        """Index every part of ``state`` and the buffer's rows; returns the slices indexed."""
-        with_file = [str(root / p.files["batches"]) for p in state.parts if "batches" in p.files]
-        without = [str(root / p.files["events"]) for p in state.parts if "batches" not in p.files]
-        pieces = []
-        if with_file:
-            files = ", ".join(f"'{f}'" for f in with_file)
-            pieces.append(f"SELECT shard, hour, batch_id FROM read_parquet([{files}], hive_partitioning = false)")
-        if without:  # parts written before batch files existed: read the ids from the rows
-            files = ", ".join(f"'{f}'" for f in without)
-            pieces.append(
-                f"SELECT shard, {_HOUR_SQL} AS hour, batch_id FROM read_parquet([{files}], hive_partitioning = false)"
-            )
-        found: list[Slice] = []
-        if pieces:
+    def load(self, root: Path, state: ManifestState, buffer_rows: pa.Table, seq: int = _UNPERSISTED) -> int:
+        """Index every part of ``state`` and the buffer's rows (WAL sequences up to ``seq``), one
+        hour at a time, newest first; hours past the byte budget stay on disk. Returns the
+        slices indexed."""
+        live: dict[int, list[tuple[int, int]]] = {}
+        for shard, h, batch in self.slices_of(buffer_rows):
+            live.setdefault(h, []).append((batch, shard))
+        by_hour = state.hours()
+        found = 0
+        warm: list[tuple[int, HourIds]] = []
+        used = 0
+        for hour in sorted(by_hour.keys() | live.keys(), reverse=True):
             with self._con_lock:
-                rows = self._con.sql("SELECT DISTINCT * FROM (" + " UNION ALL ".join(pieces) + ")").fetchall()
-            found = [(int(s), int(h), int(b)) for s, h, b in rows]
-        found += self.slices_of(buffer_rows)
+                b, s = read_hour(self._con, root, by_hour.get(hour, []), hour)
+            extra = live.get(hour, [])
+            if extra:
+                b = np.concatenate([b, np.asarray([x[0] for x in extra], np.int64)])
+                s = np.concatenate([s, np.asarray([x[1] for x in extra], np.uint16)])
+            ids = HourIds.of(b, s)
+            found += len(ids)
+            digest = hour_digest(hour, ids.batches, ids.shards)
+            with self._cond:
+                if digest:
+                    self._digest[hour] = digest
+                if hour in live or used + ids.nbytes <= self.config.max_bytes or self._manifest is None:
+                    used += ids.nbytes
+                    warm.append((hour, ids))
+                else:
+                    self._cold.add(hour)
         with self._cond:
-            self._add(found)
-        return len(found)
+            for hour, ids in reversed(warm):  # oldest first: the newest are the most recently used
+                self._hours[hour] = ids
+                self._seq[hour] = seq if hour in live else 0
+                self._bytes += ids.nbytes
+        return found
 
-    def note(self, rows: pa.Table) -> None:
-        """Durable rows just stored (called from the WAL writer: only queues them)."""
-        with self._cond:
-            self._pending.append(rows)
+    def note(self, rows: pa.Table, seq: int = _UNPERSISTED) -> None:
+        """Durable rows just stored, WAL sequence ``seq`` (called from the WAL writer: only
+        queues them, under a lock no reader holds while reading disk)."""
+        with self._notes:
+            self._pending.append((rows, seq))
 
     def drain(self) -> None:
         """Index rows queued by ``note`` (done by every reader, and periodically)."""
@@ -125,9 +140,11 @@ class Holdings:
             self._drain()
 
     def _drain(self) -> None:
-        while self._pending:
-            rows = self._pending.pop()
-            self._add(self.slices_of(rows))
+        with self._notes:
+            todo, self._pending = self._pending, []
+        for rows, seq in todo:
+            self._add(self.slices_of(rows), seq)
+        self._trim()
 
     def slices_of(self, rows: pa.Table) -> list[Slice]:
         """Distinct (shard, hour, batch_id) of STORED_SCHEMA rows."""
@@ -149,17 +166,82 @@ class Holdings:
                 self._con.unregister("slice_src")
         return [(int(s), int(h), int(b)) for s, h, b in got]
 
-    def _add(self, slices: Iterable[Slice]) -> None:
+    def _add(self, slices: Iterable[Slice], seq: int = _UNPERSISTED) -> None:
         for s, h, b in slices:
-            batches = self._ids.get(h)
-            if batches is None:
-                batches = self._ids[h] = {}
-            held, bit = batches.get(b, 0), 1 << s
-            if held & bit:
+            ids = self._warm(h, create=True)
+            assert ids is not None
+            if seq > self._seq.get(h, 0):
+                self._seq[h] = seq
+            before = ids.nbytes
+            if not ids.add(s, b):
                 continue
-            batches[b] = held | bit
-            total, n = self._digest.get((s, h), (0, 0))
-            self._digest[(s, h)] = ((total + item_hash(h, b)) & _MASK, n + 1)
+            self._bytes += ids.nbytes - before
+            self._fresh += 1
+            shards = self._digest.setdefault(h, {})
+            total, n = shards.get(s, (0, 0))
+            shards[s] = ((total + item_hash(h, b)) & _MASK, n + 1)
+        if self._fresh > self.config.fresh_entries:
+            for ids in self._hours.values():
+                before = ids.nbytes
+                ids.compact()
+                self._bytes += ids.nbytes - before
+            self._fresh = 0
+
+    def _warm(self, hour: int, *, create: bool = False) -> HourIds | None:
+        """The hour's slices in memory, read back from disk if cold; None if none are held
+        (unless ``create``)."""
+        ids = self._hours.get(hour)
+        if ids is not None:
+            self._hours.move_to_end(hour)
+            return ids
+        if hour in self._cold:
+            ids = self._reload(hour)
+        elif create:
+            ids = HourIds()
+        else:
+            return None
+        self._hours[hour] = ids
+        self._bytes += ids.nbytes
+        return ids
+
+    def _reload(self, hour: int) -> HourIds:
+        assert self._manifest is not None
+        with self._manifest.pin() as state, self._con_lock:
+            b, s = read_hour(self._con, self._manifest.root, state.hours().get(hour, []), hour)
+        ids = HourIds(b, s)
+        # The files are the truth for a cold hour: every slice noted before it went cold is in
+        # them, and slices whose notes are still queued may be too (then they count here, and
+        # their notes find them held).
+        digest = hour_digest(hour, b, s)
+        if digest:
+            self._digest[hour] = digest
+        else:
+            self._digest.pop(hour, None)
+        self._cold.discard(hour)
+        self._seq[hour] = 0
+        self.reloads += 1
+        return ids
+
+    def _trim(self) -> None:
+        """Send least recently used hours to disk until under budget; never the hour in use,
+        nor one with slices not yet in a published part."""
+        if self._bytes <= self.config.max_bytes or self._manifest is None:
+            return
+        persisted = self._manifest.state.wal_seq
+        for hour in list(self._hours)[:-1]:
+            if self._seq.get(hour, 0) > persisted:
+                continue
+            ids = self._hours.pop(hour)
+            self._bytes -= ids.nbytes
+            self._seq.pop(hour, None)
+            self._cold.add(hour)
+            if self._bytes <= self.config.max_bytes:
+                break
+
+    def nbytes(self) -> int:
+        """Bytes of the slice ids in memory (the budget's measure); digests not included."""
+        with self._cond:
+            return self._bytes
 
     # -- claims (idempotent storing at a replica) -----------------------------------------------
 
@@ -179,6 +261,7 @@ class Holdings:
                 self._cond.wait(left)
             new = [x for x in slices if not self._held(x)]
             self._inflight.update(new)
+            self._trim()
             return new
 
     def release(self, slices: Iterable[Slice]) -> None:
@@ -201,31 +284,35 @@ class Holdings:
             self._cond.notify_all()
 
     def forget(self, shards: Collection[int]) -> None:
-        """Drop ``shards`` from the index (their rows were evicted)."""
+        """Drop ``shards`` from the index (their rows were evicted from disk: cold hours read
+        back later no longer have them)."""
         with self._cond:
             self._drain()
             gone = set(shards)
-            mask = sum(1 << s for s in gone)
-            for h, batches in list(self._ids.items()):
-                for b, held in list(batches.items()):
-                    if held & mask:
-                        if held & ~mask:
-                            batches[b] = held & ~mask
-                        else:
-                            del batches[b]
-                if not batches:
-                    del self._ids[h]
-            for k in [k for k in self._digest if k[0] in gone]:
-                del self._digest[k]
+            for ids in self._hours.values():
+                before = ids.nbytes
+                ids.drop_shards(gone)
+                self._bytes += ids.nbytes - before
+            for hour, digest in list(self._digest.items()):
+                for s in gone & digest.keys():
+                    del digest[s]
+                if not digest:
+                    self._drop_hour(hour)
 
     def forget_through(self, hour: int) -> None:
         """Drop every hour up to and including ``hour`` (retention removed them)."""
         with self._cond:
             self._drain()
-            for h in [h for h in self._ids if h <= hour]:
-                del self._ids[h]
-            for k in [k for k in self._digest if k[1] <= hour]:
-                del self._digest[k]
+            for h in [h for h in self._hours.keys() | self._cold | self._digest.keys() if h <= hour]:
+                self._drop_hour(h)
+
+    def _drop_hour(self, hour: int) -> None:
+        ids = self._hours.pop(hour, None)
+        if ids is not None:
+            self._bytes -= ids.nbytes
+        self._cold.discard(hour)
+        self._seq.pop(hour, None)
+        self._digest.pop(hour, None)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -233,7 +320,7 @@ class Holdings:
         """Shards with at least one slice held."""
         with self._cond:
             self._drain()
-            return sorted({s for (s, _h), (_, n) in self._digest.items() if n})
+            return sorted({s for digest in self._digest.values() for s, (_, n) in digest.items() if n})
 
     def shard_digests(self, shards: Iterable[int] | None = None) -> dict[int, tuple[int, int]]:
         """(sum, count) per shard that holds anything, of ``shards`` (all when None)."""
@@ -241,10 +328,11 @@ class Holdings:
             self._drain()
             wanted = None if shards is None else set(shards)
             out: dict[int, tuple[int, int]] = {}
-            for (s, _h), (total, n) in self._digest.items():
-                if wanted is None or s in wanted:
-                    t0, n0 = out.get(s, (0, 0))
-                    out[s] = ((t0 + total) & _MASK, n0 + n)
+            for digest in self._digest.values():
+                for s, (total, n) in digest.items():
+                    if wanted is None or s in wanted:
+                        t0, n0 = out.get(s, (0, 0))
+                        out[s] = ((t0 + total) & _MASK, n0 + n)
             return out
 
     def hour_digests(self, shards: Iterable[int]) -> dict[tuple[int, int], tuple[int, int]]:
@@ -252,20 +340,29 @@ class Holdings:
         wanted = set(shards)
         with self._cond:
             self._drain()
-            return {k: v for k, v in self._digest.items() if k[0] in wanted}
+            return {(s, h): v for h, digest in self._digest.items() for s, v in digest.items() if s in wanted}
 
     def batch_ids(self, slices: Iterable[tuple[int, int]]) -> dict[tuple[int, int], set[int]]:
+        """The batch ids held per (shard, hour), cold hours read back from disk."""
         with self._cond:
             self._drain()
-            return {(s, h): {b for b, held in self._ids.get(h, {}).items() if held >> s & 1} for s, h in slices}
+            out: dict[tuple[int, int], set[int]] = {}
+            for s, h in slices:
+                ids = self._warm(h)
+                out[(s, h)] = ids.shard_batches(s) if ids is not None else set()
+            self._trim()
+            return out
 
     def holds(self, x: Slice) -> bool:
         with self._cond:
             self._drain()
-            return self._held(x)
+            held = self._held(x)
+            self._trim()
+            return held
 
     def _held(self, x: Slice) -> bool:
-        return bool(self._ids.get(x[1], {}).get(x[2], 0) >> x[0] & 1)
+        ids = self._warm(x[1])
+        return ids is not None and ids.has(x[0], x[2])
 
     def select(self, rows: pa.Table, slices: Collection[Slice]) -> pa.Table:
         """The rows of ``rows`` that belong to ``slices``."""

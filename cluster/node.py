@@ -29,7 +29,7 @@ from cluster.answers import Answer, Answers
 from cluster.detector import Detector, DetectorConfig
 from cluster.errors import StaleEpoch
 from cluster.hints import HintStore
-from cluster.holdings import BatchesExtra, Holdings
+from cluster.holdings import BatchesExtra, Holdings, HoldingsConfig
 from cluster.maintenance import Maintenance
 from cluster.mapkeeper import MapKeeper, initial_map, map_id
 from cluster.membership import ClusterMap, Member
@@ -89,6 +89,7 @@ class NodeConfig:
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    holdings: HoldingsConfig = field(default_factory=HoldingsConfig)  # memory of the slice index
     sketches: bool = True  # build sketch files beside parts for approximate answers (issue 7)
     approx: ApproxConfig = field(default_factory=ApproxConfig)  # sketch sizes, most quantiles
     tick_s: float = 0.25  # how often the background threads look for work
@@ -116,10 +117,10 @@ class Node:
         self.hasher = ShardHasher(config.shards)
         self.wal = Wal(root / "wal", config.wal)
         self.ingestor = Ingestor(self.wal, self.buffer, self.keys, self.hasher, config.ingest)
-        self.holdings = Holdings()
+        self.holdings = Holdings(config.holdings, self.manifest)
         self.wal._on_durable = self._on_durable
         recovered = self.ingestor.recover(self.manifest.state.wal_seq)
-        self.holdings.load(root, self.manifest.state, self.buffer.view()[0].rows)
+        self.holdings.load(root, self.manifest.state, self.buffer.view()[0].rows, self.wal.last_seq)
         self.wal.start()
         self.persister = Persister(self.buffer, self.wal, self.store, self.manifest, self.keys, config.persist)
         self.compactor = Compactor(self.merge_store, self.manifest, config.compaction)
@@ -146,7 +147,7 @@ class Node:
 
     def _on_durable(self, seq: int, ctx: object) -> None:
         self.ingestor.on_durable(seq, ctx)
-        self.holdings.note(ctx[0])  # type: ignore[index]
+        self.holdings.note(ctx[0], seq)  # type: ignore[index]
 
     # -- the cluster parts ----------------------------------------------------------------------
 
