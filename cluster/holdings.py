@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from cluster.sliceindex import BatchesExtra, HourIds, hour_digest, read_hour
+from cluster.sliceindex import FRESH_ENTRY_BYTES, BatchesExtra, HourIds, hour_digest, read_hour
 from ingest.errors import Overloaded
 from storage.manifest import Manifest, ManifestState
 from storage.schema import HOUR_NS
@@ -167,19 +167,23 @@ class Holdings:
         return [(int(s), int(h), int(b)) for s, h, b in got]
 
     def _add(self, slices: Iterable[Slice], seq: int = _UNPERSISTED) -> None:
+        hour: int | None = None
+        ids = HourIds()
         for s, h, b in slices:
-            ids = self._warm(h, create=True)
-            assert ids is not None
-            if seq > self._seq.get(h, 0):
-                self._seq[h] = seq
-            before = ids.nbytes
+            if h != hour:  # slices come grouped by hour: look the hour up once per run
+                got = self._warm(h, create=True)
+                assert got is not None
+                hour, ids = h, got
+                if seq > self._seq.get(h, 0):
+                    self._seq[h] = seq
+            fresh = len(ids.fresh)
             if not ids.add(s, b):
                 continue
-            self._bytes += ids.nbytes - before
+            self._bytes += FRESH_ENTRY_BYTES * (len(ids.fresh) - fresh)
             self._fresh += 1
             shards = self._digest.setdefault(h, {})
             total, n = shards.get(s, (0, 0))
-            shards[s] = ((total + item_hash(h, b)) & _MASK, n + 1)
+            shards[s] = ((total + xxhash.xxh64_intdigest(_PAIR.pack(h, b))) & _MASK, n + 1)
         if self._fresh > self.config.fresh_entries:
             for ids in self._hours.values():
                 before = ids.nbytes

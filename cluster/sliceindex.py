@@ -137,23 +137,24 @@ class HourIds:
     def __len__(self) -> int:
         return len(self.batches) + sum(m.bit_count() for m in self.fresh.values())
 
-    def _range(self, batch: int) -> tuple[int, int]:
-        lo = int(np.searchsorted(self.batches, batch, "left"))
-        if lo == len(self.batches) or self.batches[lo] != batch:
-            return lo, lo
-        return lo, int(np.searchsorted(self.batches, batch, "right"))
+    def _in_arrays(self, shard: int, batch: int) -> bool:
+        b = self.batches
+        lo = int(b.searchsorted(batch))  # the method, not np.searchsorted: this is the hot path
+        if lo == len(b) or b[lo] != batch:
+            return False
+        hi = int(b.searchsorted(batch, "right"))
+        return bool((self.shards[lo:hi] == shard).any())
 
     def has(self, shard: int, batch: int) -> bool:
-        if self.fresh.get(batch, 0) >> shard & 1:
-            return True
-        lo, hi = self._range(batch)
-        return lo < hi and bool((self.shards[lo:hi] == shard).any())
+        return bool(self.fresh.get(batch, 0) >> shard & 1) or self._in_arrays(shard, batch)
 
     def add(self, shard: int, batch: int) -> bool:
         """Add one pair; False if it was held already."""
-        if self.has(shard, batch):
+        mask = self.fresh.get(batch, 0)
+        bit = 1 << shard
+        if mask & bit or (len(self.batches) and self._in_arrays(shard, batch)):
             return False
-        self.fresh[batch] = self.fresh.get(batch, 0) | 1 << shard
+        self.fresh[batch] = mask | bit
         return True
 
     def compact(self) -> None:
