@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from query.errors import InvalidQuery, QueryError
-from storage.sketch import SKETCH_DECODE_ERRORS, SketchConfig, frequent_error, merge_frequent
+from storage.sketch import SKETCH_DECODE_ERRORS, SketchConfig, frequent_error, merge_frequent, merge_kll
 
 __all__ = [
     "COLLAPSED_SCHEMA",
@@ -36,8 +36,8 @@ __all__ = [
     "merge_topk",
 ]
 
-# HLL bounds at 3 standard deviations: a 1-in-20 miss (2 sd) would be seen by users weekly.
-_HLL_STD_DEVS = 3
+# CPC bounds at 3 standard deviations: a 1-in-20 miss (2 sd) would be seen by users weekly.
+_CPC_STD_DEVS = 3
 DISTINCT_CONFIDENCE = 0.997
 # KLL's normalized rank error is stated by DataSketches at 99 % confidence.
 QUANTILE_CONFIDENCE = 0.99
@@ -45,7 +45,7 @@ QUANTILE_CONFIDENCE = 0.99
 COLLAPSED_SCHEMA = pa.schema(
     [
         pa.field("n", pa.int64(), nullable=False),
-        pa.field("hll", pa.binary(), nullable=False),
+        pa.field("cpc", pa.binary(), nullable=False),
         pa.field("frequent", pa.binary(), nullable=False),
         pa.field("frequent_error", pa.int64(), nullable=False),
         pa.field("kll", pa.binary(), nullable=False),
@@ -89,17 +89,16 @@ class QuantileAnswer(TypedDict):
 
 
 def approx_distinct(rows: pa.Table, config: SketchConfig = SketchConfig()) -> DistinctAnswer:
-    """Distinct producers over the rows' HLL sketches.
+    """Distinct producers over the rows' CPC sketches.
 
     The true count lies within ``[lower_bound, upper_bound]`` with probability about 99.7 %
     (3 standard deviations); ``relative_error`` is the wider side of that interval over the
-    estimate. Counts below a few hundred per sketch are held nearly exactly, and the interval
-    then shrinks to a point.
+    estimate. Small counts are held nearly exactly, and the interval is then a few producers wide.
     """
-    union = _union_hll(rows, config)
+    union = _union_cpc(rows, config).get_result()
     estimate = union.get_estimate()
-    lower = union.get_lower_bound(_HLL_STD_DEVS)
-    upper = union.get_upper_bound(_HLL_STD_DEVS)
+    lower = union.get_lower_bound(_CPC_STD_DEVS)
+    upper = union.get_upper_bound(_CPC_STD_DEVS)
     # The true count is an integer, so the integers inside the real interval bound it just as
     # well: a sketch holding every producer then answers a single point.
     low, high = math.ceil(lower), max(math.ceil(lower), math.floor(upper))
@@ -222,13 +221,14 @@ def collapse_sketches(
     a node ships its ``approx_topk`` answer instead, combined with ``merge_topk``.
 
     ``columns`` keeps only those of ``COLLAPSED_SCHEMA`` (``frequent`` and ``frequent_error``
-    go together), and ``rows`` need only what they are merged from: ``("n", "hll")`` is all a
-    distinct count ships, ``("n", "kll")`` all quantiles do.
+    go together), and ``rows`` need only what they are merged from: ``("n", "cpc")`` is all a
+    distinct count ships, ``("n", "kll", "value_deltas")`` all quantiles do (the collapsed row
+    holds a ``kll`` sketch, never ``value_deltas``).
     """
     wanted = set(columns)
     merged: dict[str, pa.Array] = {"n": pa.array([_events(rows)], pa.int64())}
-    if "hll" in wanted:
-        merged["hll"] = pa.array([_union_hll(rows, config).get_result(ds.tgt_hll_type.HLL_4).serialize_compact()])
+    if "cpc" in wanted:
+        merged["cpc"] = pa.array([_union_cpc(rows, config).get_result().serialize()])
     if wanted & {"frequent", "frequent_error"}:
         frequent, lost = _merge_frequent(rows, config)
         merged["frequent"] = pa.array([frequent.serialize()])
@@ -249,13 +249,13 @@ def _unreadable(column: str, e: Exception) -> QueryError:
     return QueryError(f"a stored {column} sketch cannot be read ({e}); rebuild the hour's sketches from its events")
 
 
-def _union_hll(rows: pa.Table, config: SketchConfig) -> ds.hll_union:
-    union = ds.hll_union(config.hll_lg_k)
+def _union_cpc(rows: pa.Table, config: SketchConfig) -> ds.cpc_union:
+    union = ds.cpc_union(config.hll_lg_k)
     try:
-        for blob in _blobs(rows, "hll"):
-            union.update(ds.hll_sketch.deserialize(blob))
+        for blob in _blobs(rows, "cpc"):
+            union.update(ds.cpc_sketch.deserialize(blob))
     except SKETCH_DECODE_ERRORS as e:
-        raise _unreadable("hll", e) from e
+        raise _unreadable("cpc", e) from e
     return union
 
 
@@ -282,10 +282,12 @@ def _events(rows: pa.Table) -> int:
 
 
 def _merge_kll(rows: pa.Table, config: SketchConfig) -> ds.kll_doubles_sketch:
-    merged = ds.kll_doubles_sketch(config.kll_k)
+    """The rows' KLL sketches and stored values (sketch rows of small groups keep values instead
+    of a KLL; collapsed rows have no ``value_deltas`` column) merged into one KLL."""
+    if "kll" not in rows.column_names:
+        raise QueryError(f"sketch rows have no 'kll' column (got {rows.column_names})")
+    deltas = rows["value_deltas"] if "value_deltas" in rows.column_names else None
     try:
-        for blob in _blobs(rows, "kll"):
-            merged.merge(ds.kll_doubles_sketch.deserialize(blob))
+        return merge_kll(rows["kll"], deltas, config.kll_k)
     except SKETCH_DECODE_ERRORS as e:
         raise _unreadable("kll", e) from e
-    return merged

@@ -64,8 +64,8 @@ HISTOGRAM_SCHEMA = pa.schema([pa.field("value", pa.int64(), nullable=False), pa.
 
 
 # The sketch columns each answer reads.
-_DISTINCT = ("n", "hll")
-_QUANTILES = ("n", "kll")
+_DISTINCT = ("n", "cpc")
+_QUANTILES = ("n", "kll", "value_deltas")
 _TOPK = ("shard", "n", "frequent", "frequent_error")
 
 
@@ -152,7 +152,7 @@ class ApproxEngine:
         self, category: str, start: int, end: int, *, approx: bool = False, shards: Sequence[int] | None = None
     ) -> int | DistinctAnswer:
         """Distinct producers of ``category`` in ``[start, end)``: an exact count, or with
-        ``approx`` an HLL estimate with its bounds."""
+        ``approx`` a CPC estimate with its bounds."""
         if approx:
             return approx_distinct(self.sketch_rows(category, start, end, shards, _DISTINCT), self.config.sketch)
         return self.distinct_exact(category, start, end, shards)
@@ -194,8 +194,8 @@ class ApproxEngine:
     def distinct_partial(
         self, category: str, start: int, end: int, approx: bool, shards: Sequence[int] | None
     ) -> int | pa.Table:
-        """Exact: this node's distinct count over ``shards``. Approximate: its HLL sketches
-        collapsed to one row (``n``, ``hll``: at most a few KB). Combine with ``merge_distinct``."""
+        """Exact: this node's distinct count over ``shards``. Approximate: its CPC sketches
+        collapsed to one row (``n``, ``cpc``: at most a few KB). Combine with ``merge_distinct``."""
         if approx:
             rows = self.sketch_rows(category, start, end, shards, _DISTINCT)
             return collapse_sketches(rows, self.config.sketch, _DISTINCT)

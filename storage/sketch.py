@@ -1,10 +1,18 @@
 """Sketches: bounded-size summaries per (category, shard, hour) for approximate answers (issue 7).
 
-Each sketch row holds three Apache DataSketches, serialized: an HLL of ``producer_id`` (distinct
-producers), a frequent-items sketch of ``producer_id`` weighted by event count (approximate top-k
-with hard bounds), and a KLL sketch of ``value`` (quantiles). Sketches are built once from raw rows
-when a buffer is persisted and afterwards only merged (compaction, range queries), never rebuilt;
-every serialized sketch is bounded by ``SketchConfig.max_bytes()`` whatever the number of rows.
+Each sketch row holds three Apache DataSketches, serialized: a CPC sketch of ``producer_id``
+(distinct producers), a frequent-items sketch of ``producer_id`` weighted by event count
+(approximate top-k with hard bounds), and a KLL sketch of ``value`` (quantiles). Sketches are built
+once from raw rows when a buffer is persisted and afterwards only merged (compaction, range
+queries), never rebuilt; every serialized sketch is bounded by ``SketchConfig.max_bytes()``
+whatever the number of rows.
+
+A group of at most ``kll_k`` values stores them instead of a KLL (issue 8): such a KLL holds every
+value exactly and has never compacted, so the values answer exactly as it would, and sorted
+values stored as differences take under half its bytes. ``value_deltas`` is then the group's
+values in ascending order, the first one as it is and each next one as its difference from the
+previous one (int64 arithmetic modulo 2^64, so any int64 values round-trip), and ``kll`` is null;
+otherwise ``value_deltas`` is null. ``merge_kll`` reads both forms.
 
 ``frequent_error`` stores the frequent-items summary's maximum error beside the sketch: every
 producer's count lies within the sketch's bounds, the upper one raised by ``frequent_error -
@@ -25,7 +33,6 @@ from dataclasses import dataclass
 import datasketches as ds
 import numpy as np
 import numpy.typing as npt
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -41,7 +48,9 @@ __all__ = [
     "build_sketches",
     "frequent_error",
     "merge_frequent",
+    "merge_kll",
     "merge_sketch_tables",
+    "stored_values",
 ]
 
 SKETCH_KEYS = ("category", "shard", "hour")
@@ -54,15 +63,19 @@ SKETCH_SCHEMA = pa.schema(
         pa.field("shard", pa.uint16(), nullable=False),
         pa.field("hour", pa.int64(), nullable=False),  # Unix ns of the hour start (floored)
         pa.field("n", pa.int64(), nullable=False),  # rows summarised
-        pa.field("hll", pa.binary(), nullable=False),  # hll_sketch (HLL_4, compact) of producer_id
+        pa.field("cpc", pa.binary(), nullable=False),  # cpc_sketch of producer_id
         pa.field("frequent", pa.binary(), nullable=False),  # frequent_strings_sketch of producer_id
         pa.field("frequent_error", pa.int64(), nullable=False),  # max count of an untracked producer
-        pa.field("kll", pa.binary(), nullable=False),  # kll_doubles_sketch of value
+        pa.field("kll", pa.binary(), nullable=True),  # kll_doubles_sketch of value; null when n <= kll_k
+        pa.field("value_deltas", pa.list_(pa.int64()), nullable=True),  # sorted values when n <= kll_k
     ]
 )
 
-# HLL_4 is the smallest stored form (about 2^lg_k / 2 bytes when full); unions read any type.
-_HLL_TYPE = ds.tgt_hll_type.HLL_4
+# DataSketches' worst serialized CPC size over its trials (cpc_sketch_impl.hpp, 99.9th percentile
+# of 80 sizes per trial; compression is data dependent) for lg_k 4..19, and 0.6 * k beyond; plus
+# its largest preamble.
+_CPC_MAX_BYTES = (24, 36, 56, 100, 180, 344, 660, 1292, 2540, 5020, 9968, 19836, 39532, 78880, 157516, 314656)
+_CPC_PREAMBLE_BYTES = 40
 # Serialized frequent_strings_sketch: a fixed preamble, then per active item an 8-byte weight and
 # a 4-byte length followed by the UTF-8 bytes (datasketches-cpp frequent_items_sketch_impl.hpp).
 _FREQUENT_PREAMBLE_BYTES = 32
@@ -73,8 +86,10 @@ _FREQUENT_ITEM_BYTES = 8 + 4 + PRODUCER_MAX_BYTES
 class SketchConfig:
     """Size/accuracy knobs of the sketches, fixed per deployment.
 
-    - ``hll_lg_k`` (7..21): HLL of ``producer_id`` with 2^lg_k buckets; relative standard error
-      about 1.04 / sqrt(2^lg_k) (1.6 % at 12); at most about 2^lg_k / 2 bytes (2.2 KB at 12).
+    - ``hll_lg_k`` (7..21): CPC sketch of ``producer_id`` with k = 2^lg_k (the name is the
+      ``sketch_hll_lg_k`` setting's, kept when HLL gave way to CPC, issue 8); relative standard
+      error about 0.6 / sqrt(k) (0.9 % at 12); about 190 bytes for 150 producers and at most
+      about 0.6 k bytes (2.6 KB at 12).
     - ``frequent_lg_max_k`` (3..26): frequent-items map of 2^lg_max_k slots holding up to
       0.75 * 2^lg_max_k producers; a count is off by at most about 3.5 / 2^lg_max_k of the events
       (0.34 % at 10), and the sketch's own bounds on it are hard, not probabilistic.
@@ -83,7 +98,8 @@ class SketchConfig:
       ``frequent_error`` is the exact count of the next one. Fewer is smaller and cheaper to build;
       the bounds stay hard, only wider for producers beyond the kept ones.
     - ``kll_k`` (8..65535): KLL of ``value``; normalized rank error 1.33 % at 200 (99 %
-      confidence), at most about 8 * (3k + 512) bytes. Values are summarised as float64, exact for |value| <= 2^53.
+      confidence), at most about 8 * (3k + 512) bytes. Values are summarised as float64, exact for
+      |value| <= 2^53. A group of at most k values stores the values instead (at most 8k bytes).
     """
 
     hll_lg_k: int = 12
@@ -113,10 +129,13 @@ class SketchConfig:
         ``k`` down to a floor of 8 items, so a sketch holds at most ``3k + 8 * 64`` items.
         """
         frequent_items = (3 << self.frequent_lg_max_k) // 4
+        lg_k = self.hll_lg_k
+        cpc = _CPC_MAX_BYTES[lg_k - 4] if lg_k - 4 < len(_CPC_MAX_BYTES) else int(0.6 * (1 << lg_k))
         return {
-            "hll": int(ds.hll_sketch.get_max_updatable_serialization_bytes(self.hll_lg_k, _HLL_TYPE)),
+            "cpc": cpc + _CPC_PREAMBLE_BYTES,
             "frequent": _FREQUENT_PREAMBLE_BYTES + frequent_items * _FREQUENT_ITEM_BYTES,
             "kll": 8 * (3 * self.kll_k + 8 * 64) + 4 * 65 + 32,
+            "value_deltas": 8 * self.kll_k,
         }
 
 
@@ -128,18 +147,19 @@ def build_sketches(
 
     Producers are counted exactly first, so the frequent-items sketch gets only each group's
     ``config.kept_producers()`` largest producers with their exact counts, and ``frequent_error``
-    is the next largest count: no producer left out has more events. The HLL sees every
-    distinct (group, producer) once, and values go to KLL as one sorted array per group (KLL's
-    bounds hold for any input order; sorted values compress better). The bytes do not depend on
-    row order (kll aside: its compaction is randomised by design).
+    is the next largest count: no producer left out has more events. The CPC sketch sees every
+    distinct (group, producer) once. A group of at most ``config.kll_k`` values keeps them in
+    ``value_deltas``; a larger one's go to KLL as one sorted array (KLL's bounds hold for any
+    input order). The bytes do not depend on row order (kll aside: its compaction is randomised
+    by design).
 
     ``producer_counts``, when given, is the producer rollup of exactly these rows (columns
     category, shard, hour, producer_id, count, as ``storage.rollup.producer_rollup`` makes it),
     which saves counting them again; raises ``ValueError`` if its counts do not add up to the rows.
 
     Cost: a few integer sorts over the rows (no string sort), then one sketch update per
-    distinct (group, producer) for the HLL and at most ``kept_producers()`` per group for the
-    frequent items.
+    distinct (group, producer) for the CPC sketch and at most ``kept_producers()`` per group for
+    the frequent items.
     """
     if rows.num_rows == 0:
         return SKETCH_SCHEMA.empty_table()
@@ -154,27 +174,83 @@ def build_sketches(
     ends = np.append(starts[1:], len(pair_group))
     weights = counts.tolist()
     keep = config.kept_producers()
-    hlls: list[bytes] = []
+    cpcs: list[bytes] = []
     frequents: list[bytes] = []
     errors: list[int] = []
-    klls: list[bytes] = []
+    klls: list[bytes | None] = []
     row_start = 0
     for n, first, end in zip(sizes.tolist(), starts.tolist(), ends.tolist(), strict=True):
-        hll = ds.hll_sketch(config.hll_lg_k, _HLL_TYPE)
+        cpc = ds.cpc_sketch(config.hll_lg_k)
         # map() calls the bound method from C: a third cheaper than a Python for loop.
-        deque(map(hll.update, names[first:end]), 0)
+        deque(map(cpc.update, names[first:end]), 0)
         top = min(end, first + keep)
         frequent = ds.frequent_strings_sketch(config.frequent_lg_max_k)
         deque(map(frequent.update, names[first:top], weights[first:top]), 0)
-        kll = ds.kll_doubles_sketch(config.kll_k)
-        kll.update(values[row_start : row_start + n])
-        hlls.append(hll.serialize_compact())
+        cpcs.append(cpc.serialize())
         frequents.append(frequent.serialize())
         errors.append(weights[top] if top < end else 0)
-        klls.append(kll.serialize())
+        if n <= config.kll_k:
+            klls.append(None)
+        else:
+            kll = ds.kll_doubles_sketch(config.kll_k)
+            # The binding accepts only writable float64 arrays.
+            kll.update(values[row_start : row_start + n].astype(np.float64))
+            klls.append(kll.serialize())
         row_start += n
     categories, shards, hours = groups.decode(keys)
-    return _sketch_table(categories, shards, hours, sizes.tolist(), hlls, frequents, errors, klls)
+    deltas = _value_deltas(values, sizes, sizes <= config.kll_k)
+    return _sketch_table(categories, shards, hours, sizes.tolist(), cpcs, frequents, errors, klls, deltas)
+
+
+def _value_deltas(values: _Ints, sizes: _Ints, small: npt.NDArray[np.bool_]) -> pa.Array:
+    """The ``value_deltas`` column of groups of ``sizes`` rows whose ``values`` are sorted within
+    each group: the deltas of the ``small`` groups, null for the others."""
+    starts = (np.cumsum(sizes) - sizes)[sizes > 0]
+    # int64 differences wrap around modulo 2^64, and so do the sums that undo them.
+    deltas = np.diff(values, prepend=np.int64(0))
+    deltas[starts] = values[starts]
+    kept = np.where(small, sizes, 0)
+    offsets = np.concatenate([[0], np.cumsum(kept)]).astype(np.int32)
+    return pa.ListArray.from_arrays(
+        pa.array(offsets, pa.int32()),
+        pa.array(deltas[np.repeat(small, sizes)], pa.int64()),
+        type=pa.list_(pa.int64()),
+        mask=pa.array(~small),
+    )
+
+
+def stored_values(value_deltas: pa.Array | pa.ChunkedArray) -> _Ints:
+    """The values a ``value_deltas`` column holds, row after row (each row's in ascending order;
+    null rows hold none)."""
+    column = _combined(value_deltas)
+    if len(column) == 0 or column.null_count == len(column):
+        return np.empty(0, np.int64)
+    deltas = pc.list_flatten(column).to_numpy().astype(np.int64)
+    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy().astype(np.int64)
+    lengths = lengths[lengths > 0]
+    sums = np.cumsum(deltas)
+    # Each row's running sum, less the sums of the rows before it (modulo 2^64, like the deltas).
+    before = np.concatenate([[0], sums[np.cumsum(lengths)[:-1] - 1]]).astype(np.int64)
+    values: _Ints = sums - np.repeat(before, lengths)
+    return values
+
+
+def merge_kll(
+    kll: pa.Array | pa.ChunkedArray, value_deltas: pa.Array | pa.ChunkedArray | None, k: int
+) -> ds.kll_doubles_sketch:
+    """One KLL sketch of size ``k`` holding the rows' ``kll`` sketches (nulls skipped) and the
+    values of their ``value_deltas`` (when given). A row whose values are stored answers exactly
+    as the KLL it replaces would. Raises one of ``SKETCH_DECODE_ERRORS`` on a blob that is not a
+    sketch."""
+    merged = ds.kll_doubles_sketch(k)
+    for blob in _combined(kll).to_pylist():
+        if blob is not None:
+            merged.merge(ds.kll_doubles_sketch.deserialize(blob))
+    if value_deltas is not None:
+        values = stored_values(value_deltas)
+        if len(values):
+            merged.update(values.astype(np.float64))
+    return merged
 
 
 def _combined(column: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -226,6 +302,8 @@ class _Groups:
 def _count_pairs(key: _Ints, keys: _Ints, producer_id: pa.Array) -> tuple[_Ints, list[str], _Ints]:
     """Exact counts of each distinct (group, producer) of the rows, ranked within each group by
     ``_rank``: (group positions in ``keys``, producers, counts)."""
+    import polars as pl  # here, not at the top: importing polars costs ~25 MiB of idle RSS
+
     producers = producer_id.dictionary_encode()
     codes = producers.indices.to_numpy().astype(np.int64)
     distinct = max(len(producers.dictionary), 1)
@@ -260,15 +338,19 @@ def _ranked_pairs(groups: _Groups, keys: _Ints, table: pa.Table, rows: int) -> t
 def _rank(group: _Ints, counts: _Ints, tie: npt.NDArray[np.uint64]) -> _Ints:
     """The order of (group, producer) pairs by group, most events first, then by the producer's
     hash, so that which producers are kept (and the bytes) do not depend on the rows' order."""
+    import polars as pl
+
     # (group, most events first) as one integer: group positions and counts are below 2^31.
     rank_key = group * (int(counts.max()) + 1) - counts
     order: _Ints = pl.DataFrame({"k": rank_key, "t": tie}).with_row_index().sort(["k", "t"])["index"].to_numpy()
     return order
 
 
-def _sorted_values(key: _Ints, value: _Ints) -> tuple[_Ints, _Ints, npt.NDArray[np.float64]]:
-    """The distinct keys in order, each one's row count, and the rows' values as float64
-    sorted by (key, value)."""
+def _sorted_values(key: _Ints, value: _Ints) -> tuple[_Ints, _Ints, _Ints]:
+    """The distinct keys in order, each one's row count, and the rows' values sorted by
+    (key, value)."""
+    import polars as pl
+
     low, high = int(value.min()), int(value.max())
     width = high - low + 1
     if (int(key.max()) + 1) * width < _KEY_LIMIT:
@@ -281,8 +363,7 @@ def _sorted_values(key: _Ints, value: _Ints) -> tuple[_Ints, _Ints, npt.NDArray[
         by_key, values = key[order], value[order]
     firsts = np.flatnonzero(np.diff(by_key, prepend=-1))
     sizes = np.diff(np.append(firsts, len(by_key)))
-    # The binding accepts only writable float64 arrays.
-    return by_key[firsts], sizes, values.astype(np.float64)
+    return by_key[firsts], sizes, values.astype(np.int64)
 
 
 def frequent_error(sketch: ds.frequent_strings_sketch) -> int:
@@ -320,9 +401,12 @@ def merge_sketch_tables(tables: Sequence[pa.Table], config: SketchConfig = Sketc
     A key present once is passed through byte for byte; rows sharing a key are merged into
     sketches of ``config``'s sizes (a larger stored sketch is down-sampled), so the result
     summarises exactly the union of the inputs' rows and stays within ``config.max_bytes()``
-    when the inputs were built with it.
-    Raises ``StorageError`` if a stored sketch cannot be read.
+    when the inputs were built with it. Rows that all store their values, at most
+    ``config.kll_k`` of them together, merge into the values (deterministic); any others into
+    a KLL (randomised compaction). Raises ``StorageError`` if a stored sketch cannot be read.
     """
+    import polars as pl
+
     parts = [t.select(SKETCH_SCHEMA.names).cast(SKETCH_SCHEMA) for t in tables if t.num_rows]
     if not parts:
         return SKETCH_SCHEMA.empty_table()
@@ -337,50 +421,70 @@ def merge_sketch_tables(tables: Sequence[pa.Table], config: SketchConfig = Sketc
     if runs.height == table.num_rows:
         return table.combine_chunks()
 
-    columns = {name: table[name].to_pylist() for name in ("n", "hll", "frequent", "frequent_error", "kll")}
+    columns = {name: table[name].to_pylist() for name in ("n", "cpc", "frequent", "frequent_error", "kll")}
+    deltas = table["value_deltas"].combine_chunks()
+    # Every row's stored values decoded at once; row i's are all_values[ends[i] - lengths[i]:ends[i]].
+    all_values = stored_values(deltas)
+    lengths = pc.fill_null(pc.list_value_length(deltas), 0).to_numpy().astype(np.int64)
+    ends = np.cumsum(lengths)
+
+    def values_of(rows: range) -> _Ints:
+        return all_values[int(ends[rows.start] - lengths[rows.start]) : int(ends[rows.stop - 1])]
+
     ns: list[int] = []
-    hlls: list[bytes] = []
+    cpcs: list[bytes] = []
     frequents: list[bytes] = []
     errors: list[int] = []
-    klls: list[bytes] = []
+    klls: list[bytes | None] = []
+    # Each merged row's sorted values when it keeps them, else None.
+    kept_values: list[_Ints | None] = []
     for category, shard, hour, first, count in runs.iter_rows():
         span = range(first, first + count)
         ns.append(sum(columns["n"][i] for i in span))
         if count == 1:
-            hlls.append(columns["hll"][first])
+            cpcs.append(columns["cpc"][first])
             frequents.append(columns["frequent"][first])
             errors.append(columns["frequent_error"][first])
             klls.append(columns["kll"][first])
+            kept_values.append(values_of(span) if deltas[first].is_valid else None)
             continue
         try:
-            hll = ds.hll_union(config.hll_lg_k)
-            kll = ds.kll_doubles_sketch(config.kll_k)
+            union = ds.cpc_union(config.hll_lg_k)
             for i in span:
-                hll.update(ds.hll_sketch.deserialize(columns["hll"][i]))
-                kll.merge(ds.kll_doubles_sketch.deserialize(columns["kll"][i]))
+                union.update(ds.cpc_sketch.deserialize(columns["cpc"][i]))
             frequent, lost = merge_frequent(
                 [columns["frequent"][i] for i in span],
                 [columns["frequent_error"][i] for i in span],
                 config.frequent_lg_max_k,
             )
+            if ns[-1] <= config.kll_k and all(columns["kll"][i] is None for i in span):
+                klls.append(None)
+                kept_values.append(np.sort(values_of(span)))
+            else:
+                blobs = pa.array(columns["kll"][first : first + count], pa.binary())
+                klls.append(merge_kll(blobs, deltas.slice(first, count), config.kll_k).serialize())
+                kept_values.append(None)
         except SKETCH_DECODE_ERRORS as e:
             raise StorageError(
                 f"sketch of category={category!r} shard={shard} hour={hour} cannot be read: {e}; "
                 "rebuild it from the hour's events with build_sketches"
             ) from e
-        hlls.append(hll.get_result(_HLL_TYPE).serialize_compact())
+        cpcs.append(union.get_result().serialize())
         frequents.append(frequent.serialize())
         errors.append(frequent_error(frequent) + lost)
-        klls.append(kll.serialize())
+    sizes = np.array([0 if v is None else len(v) for v in kept_values], np.int64)
+    small = np.array([v is not None for v in kept_values])
+    values = np.concatenate([np.empty(0, np.int64), *(v for v in kept_values if v is not None)])
     return _sketch_table(
         runs["category"].to_list(),
         runs["shard"].to_list(),
         runs["hour"].to_list(),
         ns,
-        hlls,
+        cpcs,
         frequents,
         errors,
         klls,
+        _value_deltas(values, sizes, small),
     )
 
 
@@ -389,10 +493,11 @@ def _sketch_table(
     shards: list[int],
     hours: list[int],
     ns: list[int],
-    hlls: list[bytes],
+    cpcs: list[bytes],
     frequents: list[bytes],
     errors: list[int],
-    klls: list[bytes],
+    klls: list[bytes | None],
+    value_deltas: pa.Array,
 ) -> pa.Table:
     return pa.table(
         [
@@ -400,10 +505,11 @@ def _sketch_table(
             pa.array(shards, pa.uint16()),
             pa.array(hours, pa.int64()),
             pa.array(ns, pa.int64()),
-            pa.array(hlls, pa.binary()),
+            pa.array(cpcs, pa.binary()),
             pa.array(frequents, pa.binary()),
             pa.array(errors, pa.int64()),
             pa.array(klls, pa.binary()),
+            value_deltas,
         ],
         schema=SKETCH_SCHEMA,
     )

@@ -1,4 +1,4 @@
-"""Sketch files: ``sketch-<part>.parquet`` beside each part, for approximate answers (issue 7).
+"""Sketch files: ``sketch_v2-<part>.parquet`` beside each part, for approximate answers (issue 7).
 
 A sketch file holds ``storage.sketch.SKETCH_SCHEMA`` rows, one per (category, shard, hour) of
 its part, built from exactly the part's rows when the part is written and merged (never rebuilt
@@ -6,6 +6,12 @@ from raw rows) when parts are compacted. Its size is bounded per row by
 ``SketchConfig.max_bytes()`` whatever the part's row count. ``SketchExtra`` plugs it into
 ``PartitionStore`` as a ``PartExtra`` of kind ``sketch``; a part written while sketches were off
 has no such file, and readers must then sketch that part's raw rows themselves.
+
+The kind is versioned: ``sketch_v2`` files hold CPC distinct sketches and keep small groups'
+values instead of a KLL (issue 8). A part written by an older node names a ``sketch`` file (HLL,
+KLLs only), which nothing reads any more: such a part counts as having no sketch file, so
+readers sketch its raw rows, and the next compaction of its hour builds a ``sketch_v2`` file from
+the merged rows (the ``PartExtra`` contract). The old file goes when its part does.
 """
 
 from __future__ import annotations
@@ -19,16 +25,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.errors import StorageError
-from storage.sketch import SKETCH_SCHEMA, SketchConfig, build_sketches, merge_sketch_tables
+from storage.sketch import SKETCH_KEYS, SKETCH_SCHEMA, SketchConfig, build_sketches, merge_sketch_tables
 
 __all__ = ["SKETCH_KIND", "SketchExtra", "read_sketch_file", "write_sketch_file"]
 
-SKETCH_KIND = "sketch"
+SKETCH_KIND = "sketch_v2"
 
 # Dictionaries and statistics only for the keys (readers filter on them): the sketch blobs never
 # repeat, and min/max statistics of a blob column would copy whole sketches into the footer.
 _KEYS = ["category", "shard", "hour"]
-_WRITE_OPTIONS: dict[str, Any] = {"use_dictionary": _KEYS, "write_statistics": _KEYS}
+# A small group's sorted values as dictionary-coded differences: 0.50 bytes per value on W20,
+# against 0.90 delta-packed (a group's first value breaks each miniblock's bit width) and 1.12 as
+# a KLL blob.
+_WRITE_OPTIONS: dict[str, Any] = {"use_dictionary": [*_KEYS, "value_deltas.list.element"], "write_statistics": _KEYS}
+
+# Rows by shard first: a shard's groups in every category share their largest producers, so
+# their frequent-items sketches sit together and compress better (-3 % on W20); readers select
+# by key, never by position.
+_FILE_ORDER = [("shard", "ascending"), ("category", "ascending"), ("hour", "ascending")]
+# Level 3 costs ~6 ns per event more than 1 and saves 3 % (sketches are written once per part).
+_COMPRESSION_LEVEL = 3
 
 # What the sketches are built from: the columns build_sketches reads.
 _SKETCHED_COLUMNS = "timestamp, category, value, producer_id, shard"
@@ -37,23 +53,26 @@ _SKETCHED_COLUMNS = "timestamp, category, value, producer_id, shard"
 def write_sketch_file(table: pa.Table, path: str, compression: str = "zstd") -> None:
     """Write ``table`` (SKETCH_SCHEMA) as Parquet at ``path``; durable (fsynced) when it returns.
     The caller renames it into place."""
-    table = table.select(SKETCH_SCHEMA.names).cast(SKETCH_SCHEMA)
+    table = table.select(SKETCH_SCHEMA.names).cast(SKETCH_SCHEMA).sort_by(_FILE_ORDER)
+    level = _COMPRESSION_LEVEL if compression == "zstd" else None
     with open(path, "wb") as f:
-        pq.write_table(table, f, compression=compression, **_WRITE_OPTIONS)
+        pq.write_table(table, f, compression=compression, compression_level=level, **_WRITE_OPTIONS)
         f.flush()
         os.fsync(f.fileno())
 
 
 def read_sketch_file(path: str) -> pa.Table:
-    """The SKETCH_SCHEMA rows of a sketch file. Raises ``StorageError`` if it cannot be read."""
+    """The SKETCH_SCHEMA rows of a sketch file, sorted by ``SKETCH_KEYS``. Raises
+    ``StorageError`` if it cannot be read."""
     try:
-        return pq.read_table(path).select(SKETCH_SCHEMA.names).cast(SKETCH_SCHEMA)
+        table = pq.read_table(path).select(SKETCH_SCHEMA.names).cast(SKETCH_SCHEMA)
+        return table.sort_by([(k, "ascending") for k in SKETCH_KEYS]).combine_chunks()
     except (OSError, pa.ArrowException, KeyError, ValueError) as e:
         raise StorageError(f"sketch file {path} cannot be read: {e}") from e
 
 
 class SketchExtra:
-    """``PartExtra`` of kind ``sketch``: HLL, frequent-items and KLL sketches of a part's rows
+    """``PartExtra`` of kind ``sketch_v2``: CPC, frequent-items and KLL sketches of a part's rows
     per (category, shard, hour), sized by ``config``."""
 
     kind = SKETCH_KIND

@@ -134,7 +134,7 @@ def test_routes_answer_within_bounds_before_and_after_persist_and_compaction(nod
     tables = [events(1, 15_000)]
     post(node, tables[0])
     assert httpx.post(node.url + "/v1/admin/persist", timeout=60).status_code == 200
-    assert not list((node.data_dir / "partitions").rglob("sketch-*.parquet"))
+    assert not list((node.data_dir / "partitions").rglob("sketch_v2-*.parquet"))
     node.args = ARGS
     node.restart()
     tables.append(events(2, 15_000))
@@ -149,7 +149,7 @@ def test_routes_answer_within_bounds_before_and_after_persist_and_compaction(nod
     oracle = Oracle(tables)
     estimated += check(node, oracle)
     assert httpx.post(node.url + "/v1/admin/compact", timeout=120).status_code == 200
-    sketch_files = list((node.data_dir / "partitions").rglob("sketch-*.parquet"))
+    sketch_files = list((node.data_dir / "partitions").rglob("sketch_v2-*.parquet"))
     assert len(sketch_files) == HOURS  # one merged file per hour, none missing
     estimated += check(node, oracle)
     assert estimated > 0

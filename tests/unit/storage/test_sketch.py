@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from collections import Counter
 
 import datasketches as ds
@@ -24,7 +26,9 @@ from storage.sketch import (
     build_sketches,
     frequent_error,
     merge_frequent,
+    merge_kll,
     merge_sketch_tables,
+    stored_values,
 )
 
 T0 = 1_700_000_000_000_000_000 - 1_700_000_000_000_000_000 % HOUR_NS
@@ -65,6 +69,11 @@ def exact(rows: pa.Table, sql: str) -> list[tuple[object, ...]]:
     con.register("raw", rows)
     con.execute(f"CREATE VIEW r AS SELECT *, floor(timestamp / {HOUR_NS})::BIGINT * {HOUR_NS} AS hour FROM raw")
     return con.execute(sql).fetchall()
+
+
+def kll_of(row: dict[str, object], k: int = 200) -> ds.kll_doubles_sketch:
+    """The KLL a sketch row answers quantiles with: its stored sketch, or one of its values."""
+    return merge_kll(pa.array([row["kll"]], pa.binary()), pa.array([row["value_deltas"]], pa.list_(pa.int64())), k)
 
 
 def by_key(table: pa.Table) -> dict[tuple[str, int, int], dict[str, object]]:
@@ -112,9 +121,9 @@ def test_sketches_summarise_each_group_within_bounds(seed: int) -> None:
     distinct = exact(rows, "SELECT category, shard, hour, count(DISTINCT producer_id) FROM r GROUP BY ALL")
     estimating = 0
     for c, s, h, n in distinct:
-        hll = ds.hll_sketch.deserialize(sketches[(c, s, h)]["hll"])  # type: ignore[index]
+        cpc = ds.cpc_sketch.deserialize(sketches[(c, s, h)]["cpc"])  # type: ignore[index]
         estimating += n > 2**SMALL.hll_lg_k  # type: ignore[operator]
-        assert hll.get_lower_bound(3) <= n <= hll.get_upper_bound(3), (c, s, h)
+        assert cpc.get_lower_bound(3) <= n <= cpc.get_upper_bound(3), (c, s, h)
     assert estimating > 0
     assert check_frequent_bounds(table, rows) > 0
 
@@ -124,7 +133,7 @@ def test_sketches_summarise_each_group_within_bounds(seed: int) -> None:
         for key in [tuple(key_)]
     }
     for key, sorted_values in values.items():
-        kll = ds.kll_doubles_sketch.deserialize(sketches[key]["kll"])  # type: ignore[index]
+        kll = kll_of(sketches[key], SMALL.kll_k)
         assert kll.n == len(sorted_values)
         assert kll.get_min_value() == sorted_values[0] and kll.get_max_value() == sorted_values[-1]
         eps = kll.normalized_rank_error(False)
@@ -170,12 +179,12 @@ def test_merging_two_halves_matches_sketching_the_whole() -> None:
     }
     whole_rows = by_key(whole)
     for key, row in by_key(merged).items():
-        m = ds.hll_sketch.deserialize(row["hll"])
-        w = ds.hll_sketch.deserialize(whole_rows[key]["hll"])
+        m = ds.cpc_sketch.deserialize(row["cpc"])
+        w = ds.cpc_sketch.deserialize(whole_rows[key]["cpc"])
         assert m.get_lower_bound(3) <= distinct[key] <= m.get_upper_bound(3), key
         assert m.get_lower_bound(3) <= w.get_estimate() <= m.get_upper_bound(3), key
-        mk = ds.kll_doubles_sketch.deserialize(row["kll"])
-        wk = ds.kll_doubles_sketch.deserialize(whole_rows[key]["kll"])
+        mk = kll_of(row, SMALL.kll_k)
+        wk = kll_of(whole_rows[key], SMALL.kll_k)
         assert (mk.n, mk.get_min_value(), mk.get_max_value()) == (
             wk.n,
             wk.get_min_value(),
@@ -235,6 +244,9 @@ def test_merge_of_any_split_equals_whole_on_small_inputs(
     merged = merge_sketch_tables(parts)
     keys = ["category", "shard", "hour", "n"]
     assert merged.select(keys) == whole.select(keys)
+    # At most kll_k values per group: every group keeps its values, and merges them exactly.
+    assert whole["kll"].null_count == whole.num_rows
+    assert merged.select(["value_deltas"]) == whole.select(["value_deltas"])
     counts = producer_counts(rows)
     values_by_key = {
         tuple(k): v for *k, v in exact(rows, "SELECT category, shard, hour, list(value) FROM r GROUP BY ALL")
@@ -244,9 +256,9 @@ def test_merge_of_any_split_equals_whole_on_small_inputs(
             # Below capacity every sketch is exact.
             fi = ds.frequent_strings_sketch.deserialize(row["frequent"])
             assert {i[0]: i[1] for i in fi.get_frequent_items(ds.NO_FALSE_NEGATIVES)} == counts[key]
-            hll = ds.hll_sketch.deserialize(row["hll"])
-            assert round(hll.get_estimate()) == len(counts[key])
-            kll = ds.kll_doubles_sketch.deserialize(row["kll"])
+            cpc = ds.cpc_sketch.deserialize(row["cpc"])
+            assert round(cpc.get_estimate()) == len(counts[key])
+            kll = kll_of(row)
             got = sorted(kll.get_quantiles([i / kll.n for i in range(1, kll.n + 1)], True))
             assert got == sorted(float(v) for v in values_by_key[key])
 
@@ -274,7 +286,11 @@ def test_serialized_sizes_are_bounded_by_the_config(n: int) -> None:
     merged = merge_sketch_tables([big, built], SMALL)
     for table in (built, merged):
         for column, limit in limits.items():
-            assert len(table[column][0].as_py()) <= limit, column
+            value = table[column][0].as_py()
+            # value_deltas holds int64s, and is null beyond kll_k values (as here).
+            size = 0 if value is None else 8 * len(value) if column == "value_deltas" else len(value)
+            assert size <= limit, column
+        assert table["value_deltas"].null_count == 1
     assert ds.frequent_strings_sketch.deserialize(merged["frequent"][0].as_py()).num_active_items <= 12
     assert merged["n"].to_pylist() == [2 * n]
 
@@ -398,7 +414,7 @@ def test_wide_keys_and_values_take_the_general_paths(key_limit: int, monkeypatch
     want = exact(
         rows, "SELECT category, shard, hour, count(*), min(value), max(value) FROM r GROUP BY ALL ORDER BY ALL"
     )
-    kll = [ds.kll_doubles_sketch.deserialize(b) for b in built["kll"].to_pylist()]
+    kll = [kll_of(row) for row in built.to_pylist()]
     got = [
         (c, s, h, n, int(k.get_min_value()), int(k.get_max_value()))
         for c, s, h, n, k in zip(*(built[x].to_pylist() for x in ("category", "shard", "hour", "n")), kll, strict=True)
@@ -407,7 +423,7 @@ def test_wide_keys_and_values_take_the_general_paths(key_limit: int, monkeypatch
 
 
 def test_default_bounds_are_a_few_kilobytes() -> None:
-    assert SketchConfig().max_bytes()["hll"] < 3_000
+    assert SketchConfig().max_bytes()["cpc"] < 3_000
     assert SketchConfig().max_bytes()["kll"] < 10_000
 
 
@@ -459,3 +475,63 @@ def test_producer_counts_must_be_of_the_rows() -> None:
     moved = counts.set_column(2, "hour", pc.add(counts["hour"], pa.scalar(7 * HOUR_NS, pa.int64())))
     with pytest.raises(ValueError, match="do not have"):
         build_sketches(rows, SMALL, producer_counts=moved)
+
+
+def test_small_groups_keep_their_values_exactly_whatever_their_range() -> None:
+    # Differences of int64 extremes wrap around modulo 2^64, and their sums wrap back.
+    values = [2**63 - 1, -(2**63), 0, -1, 5, 5, 2**62]
+    built = build_sketches(one_group([f"p{i}" for i in range(len(values))], values), SMALL)
+    assert built["kll"].to_pylist() == [None]
+    assert stored_values(built["value_deltas"]).tolist() == sorted(values)
+    # A group one past kll_k gets a KLL and no values.
+    big = build_sketches(one_group(["p"] * (SMALL.kll_k + 1)), SMALL)
+    assert big["value_deltas"].to_pylist() == [None]
+    assert ds.kll_doubles_sketch.deserialize(big["kll"][0].as_py()).n == SMALL.kll_k + 1
+
+
+def test_stored_values_skip_null_rows() -> None:
+    column = pa.array([[3, 1, 2], None, [7], None, [-2, 4]], pa.list_(pa.int64()))
+    assert stored_values(column).tolist() == [3, 4, 6, 7, -2, 2]
+    assert stored_values(pa.array([None, None], pa.list_(pa.int64()))).tolist() == []
+    assert stored_values(pa.chunked_array([column.slice(0, 2), column.slice(2)])).tolist() == [3, 4, 6, 7, -2, 2]
+
+
+def test_merges_keep_values_up_to_kll_k_then_build_a_kll() -> None:
+    k = SMALL.kll_k
+    first = build_sketches(one_group([f"p{i}" for i in range(k - 3)], list(range(k - 3))), SMALL)
+    second = build_sketches(one_group(["q", "r", "s"], [-5, 100, 3]), SMALL)
+    merged = merge_sketch_tables([first, second], SMALL)
+    assert merged["kll"].to_pylist() == [None]
+    assert stored_values(merged["value_deltas"]).tolist() == sorted([*range(k - 3), -5, 100, 3])
+    # The same merge again gives the same bytes, and the values do not depend on the order.
+    assert merge_sketch_tables([first, second], SMALL) == merged
+    assert merge_sketch_tables([second, first], SMALL).select(["kll", "value_deltas"]) == merged.select(
+        ["kll", "value_deltas"]
+    )
+    # One value more than kll_k: a KLL of all of them (exact extremes), values dropped.
+    third = build_sketches(one_group(["t"], [10**6]), SMALL)
+    over = merge_sketch_tables([merged, third], SMALL)
+    assert over["value_deltas"].to_pylist() == [None]
+    kll = ds.kll_doubles_sketch.deserialize(over["kll"][0].as_py())
+    assert (kll.n, kll.get_min_value(), kll.get_max_value()) == (k + 1, -5, 10**6)
+    # Values merged with a stored KLL go into the KLL too.
+    mixed = merge_sketch_tables([over, second], SMALL)
+    assert ds.kll_doubles_sketch.deserialize(mixed["kll"][0].as_py()).n == k + 4
+
+
+def test_stored_values_answer_as_the_kll_they_replace() -> None:
+    rng = np.random.default_rng(14)
+    values = rng.integers(-1_000, 1_000, 200).tolist()
+    built = build_sketches(one_group([f"p{i}" for i in range(200)], values))
+    assert built["kll"].to_pylist() == [None]
+    kll = ds.kll_doubles_sketch(200)
+    kll.update(np.array(values, np.float64))
+    qs = [i / 100 for i in range(101)]
+    assert kll_of(built.to_pylist()[0]).get_quantiles(qs, True) == kll.get_quantiles(qs, True)
+
+
+def test_importing_sketches_does_not_import_polars() -> None:
+    # polars costs ~25 MiB of idle RSS; only building or merging sketches needs it.
+    code = "import sys, storage.sketch, storage.sketchfile; print('polars' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "False"
