@@ -98,11 +98,16 @@ _EVENTS_OPTIONS: dict[str, Any] = {
     "use_dictionary": ["category", "shard", "batch_id", "value"],
     "column_encoding": {"timestamp": "DELTA_BINARY_PACKED", "producer_id": "DELTA_LENGTH_BYTE_ARRAY"},
 }
+# Producer rollup rows are mostly one event (count 1, sum = that value), so counts and sums
+# repeat and dictionaries suit them (-0.1 bytes per event on W20 against delta-packed counts and
+# plain sums); ids in first-seen order share no prefixes, so delta lengths beat delta strings.
 _PRODUCER_OPTIONS: dict[str, Any] = {
-    "use_dictionary": ["category", "shard", "hour"],
-    "column_encoding": {"producer_id": "DELTA_BYTE_ARRAY", "count": "DELTA_BINARY_PACKED"},
+    "use_dictionary": ["category", "shard", "hour", "count", "sum"],
+    "column_encoding": {"producer_id": "DELTA_LENGTH_BYTE_ARRAY"},
 }
-_MINUTE_OPTIONS: dict[str, Any] = {}
+# Sums (DECIMAL(38,0), 16 bytes) plain: a dictionary of them barely repeats (-2 % on the minute
+# rollup on W20). BYTE_STREAM_SPLIT would save more but DuckDB reads it only for 4/8-byte types.
+_MINUTE_OPTIONS: dict[str, Any] = {"use_dictionary": ["category", "shard", "minute", "count"]}
 
 
 class PartitionStore:
