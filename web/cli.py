@@ -56,6 +56,9 @@ def serve(
         float, _opt("How long Idempotency-Keys are remembered, s.", "IDEMPOTENCY_WINDOW_S")
     ] = 3600.0,
     idempotency_max_keys: Annotated[int, _opt("Most Idempotency-Keys remembered.", "IDEMPOTENCY_MAX_KEYS")] = 500_000,
+    slice_index_max_bytes: Annotated[
+        int, _opt("Slice index (replica idempotency, repair) kept in memory, bytes.", "SLICE_INDEX_MAX_BYTES")
+    ] = 64 << 20,
     max_concurrent_ingest: Annotated[
         int, _opt("Concurrent ingest requests; beyond, 503.", "MAX_CONCURRENT_INGEST")
     ] = 64,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster.detector import DetectorConfig
+from cluster.holdings import HoldingsConfig
 from cluster.membership import parse_peers
 from cluster.node import ClusterConfig, NodeConfig
 from cluster.peers import PeerConfig
@@ -53,6 +54,7 @@ class Settings:
     compact_min_parts: int = 4
     idempotency_window_s: float = 3600.0
     idempotency_max_keys: int = 500_000
+    slice_index_max_bytes: int = 64 << 20  # batch ids in memory; older hours reread from disk
     max_concurrent_ingest: int = 64
     query_timeout_s: float = 30.0
     sql_timeout_s: float = 10.0
@@ -122,6 +124,7 @@ class Settings:
                 every_s=self.retention_interval_s,
             ),
             cluster=self.cluster_config(),
+            holdings=HoldingsConfig(max_bytes=self.slice_index_max_bytes),
         )
 
     def cluster_config(self) -> ClusterConfig:
