@@ -242,10 +242,11 @@ class Holdings:
             if self._bytes <= self.config.max_bytes:
                 break
 
+    @property
     def nbytes(self) -> int:
-        """Bytes of the slice ids in memory (the budget's measure); digests not included."""
-        with self._cond:
-            return self._bytes
+        """Bytes of the slice ids in memory (the budget's measure; digests not included). Read
+        without the lock, for metrics: an int read is atomic."""
+        return self._bytes
 
     # -- claims (idempotent storing at a replica) -----------------------------------------------
 

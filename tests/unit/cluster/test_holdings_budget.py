@@ -3,8 +3,10 @@ every question still gets the answer a plain set of (shard, hour, batch) slices 
 
 from __future__ import annotations
 
+import gc
 import random
 import struct
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -185,10 +187,10 @@ def test_a_cold_hour_is_read_back_only_when_asked(tmp_path: Path) -> None:
     try:
         for k in range(4):
             node.store_rows(_rows([(1, T0 + k * HOUR_NS, 10 + k), (2, T0 + k * HOUR_NS, 20 + k)]))
-        before = node.holdings.nbytes()
+        before = node.holdings.nbytes
         node.persist_now()
         node.holdings.drain()
-        assert node.holdings.nbytes() < before  # persisted hours left memory, the newest stayed
+        assert node.holdings.nbytes < before  # persisted hours left memory, the newest stayed
         assert node.holdings.reloads == 0
         assert node.holdings.shard_digests() == _digests(
             {(s, T0 + k * HOUR_NS, (s * 10) + k) for s in (1, 2) for k in range(4)}
@@ -210,11 +212,11 @@ def test_rows_only_in_the_buffer_keep_their_hour_in_memory(tmp_path: Path) -> No
     h.note(_rows([(1, T0 + HOUR_NS, 6)]), seq=8)
     h.drain()
     assert h.holds((1, T0, 5)) and h.holds((1, T0 + HOUR_NS, 6))
-    assert h.reloads == 0 and h.nbytes() > 0
+    assert h.reloads == 0 and h.nbytes > 0
     manifest.commit(wal_seq=7)  # record 7 persisted (its part would be in the manifest)
     h.holds((1, T0 + HOUR_NS, 6))  # the newer hour is in use: the older may go now
     assert h.reloads == 0
-    assert h.nbytes() == FRESH_ENTRY_BYTES  # one fresh entry of the hour in use
+    assert h.nbytes == FRESH_ENTRY_BYTES  # one fresh entry of the hour in use
 
 
 def test_memory_stays_under_the_budget(tmp_path: Path) -> None:
@@ -231,11 +233,30 @@ def test_memory_stays_under_the_budget(tmp_path: Path) -> None:
         shards = rng.integers(0, 256, 10_000).tolist()
         h._add(zip(shards, [hour] * 10_000, batches, strict=True), 0)  # seq 0: persisted
         h.drain()
-        peak = max(peak, h.nbytes())
-        assert h.nbytes() <= budget
+        peak = max(peak, h.nbytes)
+        assert h.nbytes <= budget
     assert peak > budget // 2  # the budget was used, not trivially undershot
     assert sum(n for _, n in h.shard_digests().values()) == 2_000_000  # digests of every hour kept
     assert len(h._hours) < 20  # ~100 KB an hour: about ten hours fit
+
+
+def test_the_byte_count_is_what_the_index_takes() -> None:
+    """``nbytes`` is honest: what Python allocates for 100k slices (traced) is the counted bytes
+    plus the digests (one per shard and hour), not more."""
+    rng = np.random.default_rng(2)
+    shards, batches = rng.integers(0, 256, 100_000).tolist(), rng.integers(0, 2**62, 100_000).tolist()
+    slices = list(zip(shards, [T0] * 100_000, batches, strict=True))
+    h = Holdings(HoldingsConfig(fresh_entries=1_000))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        h._add(slices)
+        gc.collect()
+        traced = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert h.nbytes >= 1_000_000  # 10 bytes a slice at least
+    assert traced <= h.nbytes + 256 * 400  # the digests: ~400 bytes per (shard, hour) at most
 
 
 def test_restart_loads_hours_newest_first_within_budget(tmp_path: Path) -> None:
@@ -259,7 +280,7 @@ def test_restart_loads_hours_newest_first_within_budget(tmp_path: Path) -> None:
     try:
         h = again.holdings
         assert h.shard_digests() == digests
-        assert h.nbytes() <= 4 * per_hour  # three persisted hours (newest) plus the one in the WAL
+        assert h.nbytes <= 4 * per_hour  # three persisted hours (newest) plus the one in the WAL
         assert set(h._hours) == {T0 + k * HOUR_NS for k in (3, 4, 5, 6)}
         assert h.holds((3, T0 + 6 * HOUR_NS, 99)) and h.reloads == 0
         assert len(h.batch_ids([(s, T0) for s in range(256)])) == 256 and h.reloads == 1
