@@ -4,6 +4,7 @@ every question still gets the answer a plain set of (shard, hour, batch) slices 
 from __future__ import annotations
 
 import gc
+import json
 import random
 import struct
 import tracemalloc
@@ -287,3 +288,29 @@ def test_restart_loads_hours_newest_first_within_budget(tmp_path: Path) -> None:
         assert h.shard_digests() == digests
     finally:
         again.close()
+
+
+def test_parts_without_batch_files_are_read_from_their_rows(tmp_path: Path) -> None:
+    """Parts written before batch files existed: start-up and cold reads use the events file."""
+    cfg = NodeConfig(data_dir=tmp_path, wal=WalConfig(fsync=False), holdings=HoldingsConfig(max_bytes=1))
+    node = Node(cfg)
+    slices = [(s, T0 + k * HOUR_NS, 100 * k + s) for k in range(3) for s in (4, 9)]
+    try:
+        node.store_rows(_rows(slices))
+        node.persist_now()
+    finally:
+        node.close(persist=False)
+    path = tmp_path / "manifest.json"
+    raw = json.loads(path.read_text())
+    for p in raw["parts"]:
+        Path(tmp_path / p["files"].pop("batches")).unlink()
+    path.write_text(json.dumps(raw))
+    again = Node(cfg)
+    try:
+        assert not any("batches" in p.files for p in again.manifest.state.parts)
+        assert again.holdings.shard_digests() == _digests(set(slices))
+        assert all(again.holdings.holds(x) for x in slices)
+        assert not again.holdings.holds((4, T0, 109))
+        assert again.holdings.reloads >= 3  # a one-byte budget left every hour on disk at start
+    finally:
+        again.close(persist=False)
