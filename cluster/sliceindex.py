@@ -5,6 +5,10 @@ and a uint16 per slice — plus a small ``fresh`` dict of recent additions (batc
 bitmask) that is merged into the arrays in chunks, so adding one slice costs a dict insert and
 never an array copy. Lookups are a dict probe and a binary search.
 
+The shard is kept beside each batch id (2 bytes more than the id alone) rather than looked up in
+the batch files when a batch is found in the hour: then a claim never reads disk for a warm hour,
+and slices still only in the live buffer need no second source of truth.
+
 ``read_hour`` rebuilds an hour from the ``batches-<part>.parquet`` files ``BatchesExtra`` writes
 beside its parts (from the rows of older parts without one), and ``hour_digest`` computes an
 hour's per-shard digests from its pairs with a vectorised xxh64, equal to summing
