@@ -114,6 +114,7 @@ class NodeCollector(Collector):
             ("tributary_retention_dropped_rows", "retention.rows_dropped", "Rows dropped by retention."),
             ("tributary_query_duckdb_answers", "engine.duckdb_answers", "Exact answers that needed DuckDB."),
             ("tributary_index_loads", "engine.indexes.cache.loads", "Part indexes loaded from their rollup files."),
+            ("tributary_slice_index_reloads", "holdings.reloads", "Cold hours of the slice index reread from batch files."),
         ]
         for name, path, doc in counters:
             value = _get(n, path)
@@ -124,6 +125,7 @@ class NodeCollector(Collector):
             ("tributary_buffer_rows", "buffer.total_rows", "Acknowledged rows in the live buffer."),
             ("tributary_start_time_seconds", "started", "Unix time the node started."),
             ("tributary_index_bytes", "engine.indexes.cache.nbytes", "Bytes of in-memory part indexes."),
+            ("tributary_slice_index_bytes", "holdings.nbytes", "Bytes of the in-memory slice index (capped)."),
         ]
         for name, path, doc in gauges:
             value = _get(n, path)
