@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from query.errors import InvalidQuery, QueryError
-from storage.sketch import SKETCH_DECODE_ERRORS, SketchConfig, frequent_error, merge_frequent, merge_kll
+from storage.sketch import SKETCH_DECODE_ERRORS, SketchConfig, frequent_error, merge_frequent_rows, merge_kll
 
 __all__ = [
     "COLLAPSED_SCHEMA",
@@ -260,10 +260,13 @@ def _union_cpc(rows: pa.Table, config: SketchConfig) -> ds.cpc_union:
 
 
 def _merge_frequent(rows: pa.Table, config: SketchConfig) -> tuple[ds.frequent_strings_sketch, int]:
-    blobs = _blobs(rows, "frequent")
-    errors = [int(e) for e in _blobs(rows, "frequent_error")]
+    """The rows' frequent-items sketches merged: blobs, and the items of sketch rows stored as
+    items (collapsed rows have no ``top_*`` columns)."""
+    for column in ("frequent", "frequent_error"):
+        if column not in rows.column_names:
+            raise QueryError(f"sketch rows have no {column!r} column (got {rows.column_names})")
     try:
-        return merge_frequent(blobs, errors, config.frequent_lg_max_k)
+        return merge_frequent_rows(rows, config.frequent_lg_max_k)
     except SKETCH_DECODE_ERRORS as e:
         raise _unreadable("frequent", e) from e
 

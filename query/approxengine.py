@@ -66,7 +66,7 @@ HISTOGRAM_SCHEMA = pa.schema([pa.field("value", pa.int64(), nullable=False), pa.
 # The sketch columns each answer reads.
 _DISTINCT = ("n", "cpc")
 _QUANTILES = ("n", "kll", "value_deltas")
-_TOPK = ("shard", "n", "frequent", "frequent_error")
+_TOPK = ("shard", "n", "frequent", "frequent_error", "top_producers", "top_counts")
 
 
 @dataclass(frozen=True)

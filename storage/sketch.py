@@ -14,6 +14,11 @@ values in ascending order, the first one as it is and each next one as its diffe
 previous one (int64 arithmetic modulo 2^64, so any int64 values round-trip), and ``kll`` is null;
 otherwise ``value_deltas`` is null. ``merge_kll`` reads both forms.
 
+Likewise a frequent-items sketch whose counters are exact (no purge: built from rows, or merged
+without one) is stored as its items, most events first, in ``top_producers`` / ``top_counts``
+(0.29 against 0.41 bytes per event as blobs on W20), and ``frequent`` is null; a purged one
+(offset above 0) is stored as a blob. ``merge_frequent_rows`` reads both forms.
+
 ``frequent_error`` stores the frequent-items summary's maximum error beside the sketch: every
 producer's count lies within the sketch's bounds, the upper one raised by ``frequent_error -
 frequent_error(sketch)`` (``merge_frequent`` puts the two together). A sketch built from rows
@@ -48,6 +53,7 @@ __all__ = [
     "build_sketches",
     "frequent_error",
     "merge_frequent",
+    "merge_frequent_rows",
     "merge_kll",
     "merge_sketch_tables",
     "stored_values",
@@ -64,10 +70,12 @@ SKETCH_SCHEMA = pa.schema(
         pa.field("hour", pa.int64(), nullable=False),  # Unix ns of the hour start (floored)
         pa.field("n", pa.int64(), nullable=False),  # rows summarised
         pa.field("cpc", pa.binary(), nullable=False),  # cpc_sketch of producer_id
-        pa.field("frequent", pa.binary(), nullable=False),  # frequent_strings_sketch of producer_id
+        pa.field("frequent", pa.binary(), nullable=True),  # frequent_strings_sketch; null if listed
         pa.field("frequent_error", pa.int64(), nullable=False),  # max count of an untracked producer
         pa.field("kll", pa.binary(), nullable=True),  # kll_doubles_sketch of value; null when n <= kll_k
         pa.field("value_deltas", pa.list_(pa.int64()), nullable=True),  # sorted values when n <= kll_k
+        pa.field("top_producers", pa.list_(pa.string()), nullable=True),  # exact frequent items ...
+        pa.field("top_counts", pa.list_(pa.int64()), nullable=True),  # ... and their counts
     ]
 )
 
@@ -88,8 +96,8 @@ class SketchConfig:
 
     - ``hll_lg_k`` (7..21): CPC sketch of ``producer_id`` with k = 2^lg_k (the name is the
       ``sketch_hll_lg_k`` setting's, kept when HLL gave way to CPC, issue 8); relative standard
-      error about 0.6 / sqrt(k) (0.9 % at 12); about 190 bytes for 150 producers and at most
-      about 0.6 k bytes (2.6 KB at 12).
+      error about 0.7 / sqrt(k) (1.1 % at 12, merged sketches' ICON estimator); about 170 bytes
+      for 150 producers and at most about 0.6 k bytes (2.6 KB at 12).
     - ``frequent_lg_max_k`` (3..26): frequent-items map of 2^lg_max_k slots holding up to
       0.75 * 2^lg_max_k producers; a count is off by at most about 3.5 / 2^lg_max_k of the events
       (0.34 % at 10), and the sketch's own bounds on it are hard, not probabilistic.
@@ -167,28 +175,35 @@ def build_sketches(
     key = groups.key(rows["category"], rows["shard"], _combined(rows["timestamp"]).to_numpy())
     keys, sizes, values = _sorted_values(key, _combined(rows["value"]).to_numpy())
     if producer_counts is None:
-        pair_group, names, counts = _count_pairs(key, keys, _combined(rows["producer_id"]))
+        pair_group, producers, counts = _count_pairs(key, keys, _combined(rows["producer_id"]))
     else:
-        pair_group, names, counts = _ranked_pairs(groups, keys, producer_counts, rows.num_rows)
+        pair_group, producers, counts = _ranked_pairs(groups, keys, producer_counts, rows.num_rows)
     starts = np.searchsorted(pair_group, np.arange(len(keys)))
     ends = np.append(starts[1:], len(pair_group))
-    weights = counts.tolist()
+    # The frequent items: each group's first kept_producers() pairs (most events first), exact,
+    # and its error the count of the next one.
     keep = config.kept_producers()
+    kept = np.arange(len(pair_group)) - starts[pair_group] < keep
+    following = starts + keep
+    errors = np.where(following < ends, counts[np.minimum(following, len(counts) - 1)], 0)
+    listed = np.ones(len(keys), np.bool_)
+    top_sizes = np.minimum(ends - starts, keep)
+    top_producers = _lists(producers.filter(pa.array(kept)), top_sizes, listed)
+    top_counts = _lists(pa.array(counts[kept], pa.int64()), top_sizes, listed)
+    names = producers.to_pylist()
     cpcs: list[bytes] = []
-    frequents: list[bytes] = []
-    errors: list[int] = []
     klls: list[bytes | None] = []
     row_start = 0
     for n, first, end in zip(sizes.tolist(), starts.tolist(), ends.tolist(), strict=True):
         cpc = ds.cpc_sketch(config.hll_lg_k)
         # map() calls the bound method from C: a third cheaper than a Python for loop.
         deque(map(cpc.update, names[first:end]), 0)
-        top = min(end, first + keep)
-        frequent = ds.frequent_strings_sketch(config.frequent_lg_max_k)
-        deque(map(frequent.update, names[first:top], weights[first:top]), 0)
-        cpcs.append(cpc.serialize())
-        frequents.append(frequent.serialize())
-        errors.append(weights[top] if top < end else 0)
+        # Stored as a union's result: without the HIP estimator's state (16 bytes a group, 0.1 to
+        # 0.2 bytes per event on W20), which only a sketch never merged uses, and every answer
+        # merges (a union estimates with ICON).
+        union = ds.cpc_union(config.hll_lg_k)
+        union.update(cpc)
+        cpcs.append(union.get_result().serialize())
         if n <= config.kll_k:
             klls.append(None)
         else:
@@ -199,7 +214,29 @@ def build_sketches(
         row_start += n
     categories, shards, hours = groups.decode(keys)
     deltas = _value_deltas(values, sizes, sizes <= config.kll_k)
-    return _sketch_table(categories, shards, hours, sizes.tolist(), cpcs, frequents, errors, klls, deltas)
+    frequents: list[bytes | None] = [None] * len(keys)
+    return _sketch_table(
+        categories,
+        shards,
+        hours,
+        sizes.tolist(),
+        cpcs,
+        frequents,
+        errors.tolist(),
+        klls,
+        deltas,
+        top_producers,
+        top_counts,
+    )
+
+
+def _lists(children: pa.Array, sizes: _Ints, valid: npt.NDArray[np.bool_]) -> pa.Array:
+    """A list column of ``children`` taken ``sizes[i]`` at a time by the ``valid`` rows, and null
+    for the others (whose ``sizes`` are ignored: they take no children)."""
+    offsets = np.concatenate([[0], np.cumsum(np.where(valid, sizes, 0))]).astype(np.int32)
+    return pa.ListArray.from_arrays(
+        pa.array(offsets, pa.int32()), children, type=pa.list_(children.type), mask=pa.array(~valid)
+    )
 
 
 def _value_deltas(values: _Ints, sizes: _Ints, small: npt.NDArray[np.bool_]) -> pa.Array:
@@ -209,14 +246,7 @@ def _value_deltas(values: _Ints, sizes: _Ints, small: npt.NDArray[np.bool_]) -> 
     # int64 differences wrap around modulo 2^64, and so do the sums that undo them.
     deltas = np.diff(values, prepend=np.int64(0))
     deltas[starts] = values[starts]
-    kept = np.where(small, sizes, 0)
-    offsets = np.concatenate([[0], np.cumsum(kept)]).astype(np.int32)
-    return pa.ListArray.from_arrays(
-        pa.array(offsets, pa.int32()),
-        pa.array(deltas[np.repeat(small, sizes)], pa.int64()),
-        type=pa.list_(pa.int64()),
-        mask=pa.array(~small),
-    )
+    return _lists(pa.array(deltas[np.repeat(small, sizes)], pa.int64()), sizes, small)
 
 
 def stored_values(value_deltas: pa.Array | pa.ChunkedArray) -> _Ints:
@@ -299,7 +329,7 @@ class _Groups:
         return self.categories.take(pa.array(category)).to_pylist(), shard.tolist(), (hour * HOUR_NS).tolist()
 
 
-def _count_pairs(key: _Ints, keys: _Ints, producer_id: pa.Array) -> tuple[_Ints, list[str], _Ints]:
+def _count_pairs(key: _Ints, keys: _Ints, producer_id: pa.Array) -> tuple[_Ints, pa.Array, _Ints]:
     """Exact counts of each distinct (group, producer) of the rows, ranked within each group by
     ``_rank``: (group positions in ``keys``, producers, counts)."""
     import polars as pl  # here, not at the top: importing polars costs ~25 MiB of idle RSS
@@ -318,10 +348,10 @@ def _count_pairs(key: _Ints, keys: _Ints, producer_id: pa.Array) -> tuple[_Ints,
     if by_key:
         pair_group = np.searchsorted(keys, pair_group)  # sorted needles: one pass
     order = _rank(pair_group, counts, xxh64_strings(producers.dictionary)[pair_code])
-    return pair_group[order], producers.dictionary.take(pa.array(pair_code[order])).to_pylist(), counts[order]
+    return pair_group[order], producers.dictionary.take(pa.array(pair_code[order])), counts[order]
 
 
-def _ranked_pairs(groups: _Groups, keys: _Ints, table: pa.Table, rows: int) -> tuple[_Ints, list[str], _Ints]:
+def _ranked_pairs(groups: _Groups, keys: _Ints, table: pa.Table, rows: int) -> tuple[_Ints, pa.Array, _Ints]:
     """``_count_pairs`` from a producer rollup of the rows instead of the rows."""
     counts = _combined(table["count"]).to_numpy().astype(np.int64)
     if int(counts.sum()) != rows:
@@ -332,7 +362,7 @@ def _ranked_pairs(groups: _Groups, keys: _Ints, table: pa.Table, rows: int) -> t
         raise ValueError("producer counts of a (category, shard, hour) the rows do not have")
     producer_id = _combined(table["producer_id"])
     order = _rank(pair_group, counts, xxh64_strings(producer_id))
-    return pair_group[order], producer_id.take(pa.array(order)).to_pylist(), counts[order]
+    return pair_group[order], producer_id.take(pa.array(order)), counts[order]
 
 
 def _rank(group: _Ints, counts: _Ints, tie: npt.NDArray[np.uint64]) -> _Ints:
@@ -374,25 +404,55 @@ def frequent_error(sketch: ds.frequent_strings_sketch) -> int:
 
 
 def merge_frequent(
-    blobs: Sequence[bytes], errors: Sequence[int], lg_max_k: int
+    blobs: Sequence[bytes | None],
+    errors: Sequence[int],
+    lg_max_k: int,
+    producers: Sequence[str] = (),
+    counts: Sequence[int] = (),
 ) -> tuple[ds.frequent_strings_sketch, int]:
-    """Merge serialized frequent-items sketches with their stored ``frequent_error``s.
+    """Merge frequent-items sketches with their stored ``frequent_error``s: serialized ones
+    (``blobs``) and exact ones stored as items (a None blob; their items, flattened, in
+    ``producers`` and ``counts``).
 
-    Returns the merged sketch and ``lost``, the error of inputs whose state did not survive
-    serialization (purged to no items, apache/datasketches-cpp#527). Guarantees: for every
-    producer, ``sketch.get_lower_bound(p) <= true count <= sketch.get_upper_bound(p) + lost``,
-    and the merged maximum error is ``frequent_error(sketch) + lost``. Raises one of
+    Returns the merged sketch and ``lost``, the error of inputs that the sketch cannot express:
+    what a sketch built from rows left out, and the state of one purged to no items, which
+    serialization drops (apache/datasketches-cpp#527). Guarantees: for every producer,
+    ``sketch.get_lower_bound(p) <= true count <= sketch.get_upper_bound(p) + lost``, and the
+    merged maximum error is ``frequent_error(sketch) + lost``. Raises one of
     ``SKETCH_DECODE_ERRORS`` on a blob that is not a sketch.
     """
     merged = ds.frequent_strings_sketch(lg_max_k)
     lost = 0
     for blob, error in zip(blobs, errors, strict=True):
+        if blob is None:
+            lost += error  # an exact sketch (offset 0): all its error is what it left out
+            continue
         part = ds.frequent_strings_sketch.deserialize(blob)
         # A sketch purged to no items keeps no counters, so each producer it saw had at most
         # its error; that error is what the blob dropped.
         lost += error - frequent_error(part)
         merged.merge(part)
+    # Updating with an exact sketch's items is what merging it does.
+    deque(map(merged.update, producers, counts), 0)
     return merged, lost
+
+
+def merge_frequent_rows(rows: pa.Table, lg_max_k: int) -> tuple[ds.frequent_strings_sketch, int]:
+    """``merge_frequent`` over sketch rows (columns ``frequent``, ``frequent_error`` and, when
+    some are stored as items, ``top_producers`` and ``top_counts``)."""
+    producers: list[str] = []
+    counts: list[int] = []
+    if "top_producers" in rows.column_names:
+        producers = pc.list_flatten(_combined(rows["top_producers"])).to_pylist()
+        counts = pc.list_flatten(_combined(rows["top_counts"])).to_pylist()
+    errors = [int(e) for e in rows["frequent_error"].to_pylist()]
+    return merge_frequent(rows["frequent"].to_pylist(), errors, lg_max_k, producers, counts)
+
+
+def _items(sketch: ds.frequent_strings_sketch) -> tuple[list[str], list[int]]:
+    """An exact sketch's items, most events first then by producer: deterministic lists."""
+    items = sorted(sketch.get_frequent_items(ds.NO_FALSE_NEGATIVES, 0), key=lambda i: (-i[1], i[0]))
+    return [i[0] for i in items], [int(i[1]) for i in items]
 
 
 def merge_sketch_tables(tables: Sequence[pa.Table], config: SketchConfig = SketchConfig()) -> pa.Table:
@@ -421,7 +481,8 @@ def merge_sketch_tables(tables: Sequence[pa.Table], config: SketchConfig = Sketc
     if runs.height == table.num_rows:
         return table.combine_chunks()
 
-    columns = {name: table[name].to_pylist() for name in ("n", "cpc", "frequent", "frequent_error", "kll")}
+    names = ("n", "cpc", "frequent", "frequent_error", "kll", "top_producers", "top_counts")
+    columns = {name: table[name].to_pylist() for name in names}
     deltas = table["value_deltas"].combine_chunks()
     # Every row's stored values decoded at once; row i's are all_values[ends[i] - lengths[i]:ends[i]].
     all_values = stored_values(deltas)
@@ -433,9 +494,11 @@ def merge_sketch_tables(tables: Sequence[pa.Table], config: SketchConfig = Sketc
 
     ns: list[int] = []
     cpcs: list[bytes] = []
-    frequents: list[bytes] = []
+    frequents: list[bytes | None] = []
     errors: list[int] = []
     klls: list[bytes | None] = []
+    top_producers: list[list[str] | None] = []
+    top_counts: list[list[int] | None] = []
     # Each merged row's sorted values when it keeps them, else None.
     kept_values: list[_Ints | None] = []
     for category, shard, hour, first, count in runs.iter_rows():
@@ -444,6 +507,8 @@ def merge_sketch_tables(tables: Sequence[pa.Table], config: SketchConfig = Sketc
         if count == 1:
             cpcs.append(columns["cpc"][first])
             frequents.append(columns["frequent"][first])
+            top_producers.append(columns["top_producers"][first])
+            top_counts.append(columns["top_counts"][first])
             errors.append(columns["frequent_error"][first])
             klls.append(columns["kll"][first])
             kept_values.append(values_of(span) if deltas[first].is_valid else None)
@@ -452,11 +517,7 @@ def merge_sketch_tables(tables: Sequence[pa.Table], config: SketchConfig = Sketc
             union = ds.cpc_union(config.hll_lg_k)
             for i in span:
                 union.update(ds.cpc_sketch.deserialize(columns["cpc"][i]))
-            frequent, lost = merge_frequent(
-                [columns["frequent"][i] for i in span],
-                [columns["frequent_error"][i] for i in span],
-                config.frequent_lg_max_k,
-            )
+            frequent, lost = merge_frequent_rows(table.slice(first, count), config.frequent_lg_max_k)
             if ns[-1] <= config.kll_k and all(columns["kll"][i] is None for i in span):
                 klls.append(None)
                 kept_values.append(np.sort(values_of(span)))
@@ -470,7 +531,15 @@ def merge_sketch_tables(tables: Sequence[pa.Table], config: SketchConfig = Sketc
                 "rebuild it from the hour's events with build_sketches"
             ) from e
         cpcs.append(union.get_result().serialize())
-        frequents.append(frequent.serialize())
+        if frequent_error(frequent) == 0:  # no purge: the counters are exact, store the items
+            producers, counts = _items(frequent)
+            frequents.append(None)
+            top_producers.append(producers)
+            top_counts.append(counts)
+        else:
+            frequents.append(frequent.serialize())
+            top_producers.append(None)
+            top_counts.append(None)
         errors.append(frequent_error(frequent) + lost)
     sizes = np.array([0 if v is None else len(v) for v in kept_values], np.int64)
     small = np.array([v is not None for v in kept_values])
@@ -485,6 +554,8 @@ def merge_sketch_tables(tables: Sequence[pa.Table], config: SketchConfig = Sketc
         errors,
         klls,
         _value_deltas(values, sizes, small),
+        pa.array(top_producers, pa.list_(pa.string())),
+        pa.array(top_counts, pa.list_(pa.int64())),
     )
 
 
@@ -494,10 +565,12 @@ def _sketch_table(
     hours: list[int],
     ns: list[int],
     cpcs: list[bytes],
-    frequents: list[bytes],
+    frequents: list[bytes | None],
     errors: list[int],
     klls: list[bytes | None],
     value_deltas: pa.Array,
+    top_producers: pa.Array,
+    top_counts: pa.Array,
 ) -> pa.Table:
     return pa.table(
         [
@@ -510,6 +583,8 @@ def _sketch_table(
             pa.array(errors, pa.int64()),
             pa.array(klls, pa.binary()),
             value_deltas,
+            top_producers,
+            top_counts,
         ],
         schema=SKETCH_SCHEMA,
     )

@@ -37,7 +37,13 @@ _KEYS = ["category", "shard", "hour"]
 # A small group's sorted values as dictionary-coded differences: 0.50 bytes per value on W20,
 # against 0.90 delta-packed (a group's first value breaks each miniblock's bit width) and 1.12 as
 # a KLL blob.
-_WRITE_OPTIONS: dict[str, Any] = {"use_dictionary": [*_KEYS, "value_deltas.list.element"], "write_statistics": _KEYS}
+# Frequent items as delta strings (a shard's groups share their largest producers) and counts
+# dictionary-coded: 0.29 bytes per event on W20 against 0.41 for the sketches' blobs.
+_WRITE_OPTIONS: dict[str, Any] = {
+    "use_dictionary": [*_KEYS, "value_deltas.list.element", "top_counts.list.element"],
+    "column_encoding": {"top_producers.list.element": "DELTA_BYTE_ARRAY"},
+    "write_statistics": _KEYS,
+}
 
 # Rows by shard first: a shard's groups in every category share their largest producers, so
 # their frequent-items sketches sit together and compress better (-3 % on W20); readers select

@@ -177,6 +177,7 @@ def test_answers_through_persists_and_compactions(tmp_path: Path) -> None:
         # Merged from the parts' sketches, not rebuilt: CPC, frequent-items and stored-values
         # merges are deterministic (only KLL compaction is randomised).
         cols = ["category", "shard", "hour", "n", "cpc", "frequent", "frequent_error", "value_deltas"]
+        cols += ["top_producers", "top_counts"]
         assert merged.select(cols).equals(expected[h].select(cols))
         assert merged["kll"].null_count < merged.num_rows  # some groups outgrew kll_k and got a KLL
         limits = CONFIG.max_bytes()
@@ -302,7 +303,7 @@ def test_stored_sketches_equal_sketching_the_raw_rows(tmp_path: Path) -> None:
     stored_before = node.approx.sketch_rows("a", T0, T0 + HOURS * HOUR_NS)
     node.persist()
     stored_after = node.approx.sketch_rows("a", T0, T0 + HOURS * HOUR_NS)
-    cols = ["category", "shard", "hour", "n", "cpc", "frequent", "frequent_error", "value_deltas"]
+    cols = ["category", "shard", "hour", "n", "cpc", "frequent", "frequent_error", "value_deltas", "top_producers"]
     assert (
         stored_after.sort_by([("shard", "ascending"), ("hour", "ascending")])
         .select(cols)

@@ -25,7 +25,7 @@ from storage.sketch import (
     SketchConfig,
     build_sketches,
     frequent_error,
-    merge_frequent,
+    merge_frequent_rows,
     merge_kll,
     merge_sketch_tables,
     stored_values,
@@ -76,6 +76,11 @@ def kll_of(row: dict[str, object], k: int = 200) -> ds.kll_doubles_sketch:
     return merge_kll(pa.array([row["kll"]], pa.binary()), pa.array([row["value_deltas"]], pa.list_(pa.int64())), k)
 
 
+def frequent_of(row: dict[str, object], lg_max_k: int = 12) -> tuple[ds.frequent_strings_sketch, int]:
+    """A sketch row's frequent items (blob or items) read into a map of 2^lg_max_k, and ``lost``."""
+    return merge_frequent_rows(pa.Table.from_pylist([row], schema=SKETCH_SCHEMA), lg_max_k)
+
+
 def by_key(table: pa.Table) -> dict[tuple[str, int, int], dict[str, object]]:
     return {(r["category"], r["shard"], r["hour"]): r for r in table.to_pylist()}
 
@@ -96,7 +101,7 @@ def check_frequent_bounds(table: pa.Table, rows: pa.Table) -> int:
     for key, counter in counts.items():
         row = sketches[key]
         # Read into a map larger than any stored one, so reading evicts nothing more.
-        fi, lost = merge_frequent([row["frequent"]], [row["frequent_error"]], 12)  # type: ignore[list-item]
+        fi, lost = frequent_of(row)
         assert row["frequent_error"] == frequent_error(fi) + lost
         evicting += row["frequent_error"] > 0  # type: ignore[operator]
         for producer, n in counter.items():
@@ -254,7 +259,7 @@ def test_merge_of_any_split_equals_whole_on_small_inputs(
     for table in (whole, merged):
         for key, row in by_key(table).items():
             # Below capacity every sketch is exact.
-            fi = ds.frequent_strings_sketch.deserialize(row["frequent"])
+            fi, _ = frequent_of(row)
             assert {i[0]: i[1] for i in fi.get_frequent_items(ds.NO_FALSE_NEGATIVES)} == counts[key]
             cpc = ds.cpc_sketch.deserialize(row["cpc"])
             assert round(cpc.get_estimate()) == len(counts[key])
@@ -291,7 +296,7 @@ def test_serialized_sizes_are_bounded_by_the_config(n: int) -> None:
             size = 0 if value is None else 8 * len(value) if column == "value_deltas" else len(value)
             assert size <= limit, column
         assert table["value_deltas"].null_count == 1
-    assert ds.frequent_strings_sketch.deserialize(merged["frequent"][0].as_py()).num_active_items <= 12
+    assert frequent_of(merged.to_pylist()[0])[0].num_active_items <= 12
     assert merged["n"].to_pylist() == [2 * n]
 
 
@@ -335,14 +340,19 @@ def test_frequent_holds_the_top_producers_with_exact_counts() -> None:
     counts = {"a": 10, "b": 7, "c": 7, "d": 5, "e": 2, "f": 1}
     rows = one_group([p for p, n in counts.items() for _ in range(n)])
     built = build_sketches(rows, SketchConfig(frequent_keep=3))
-    fi = ds.frequent_strings_sketch.deserialize(built["frequent"][0].as_py())
+    # Stored as its items, most events first: no sketch blob.
+    assert built["frequent"].to_pylist() == [None]
+    (listed,) = built["top_producers"].to_pylist()
+    assert listed[0] == "a" and sorted(listed) == ["a", "b", "c"]  # b and c tie: either order
+    assert built["top_counts"].to_pylist() == [[10, 7, 7]]
+    fi, _ = frequent_of(built.to_pylist()[0])
     assert {p: est for p, est, _, _ in fi.get_frequent_items(ds.NO_FALSE_NEGATIVES)} == {"a": 10, "b": 7, "c": 7}
     assert frequent_error(fi) == 0  # the sketch itself is exact ...
     assert built["frequent_error"].to_pylist() == [5]  # ... and "d", the next, bounds the rest
     assert check_frequent_bounds(built, rows) == 1
     # A tie at the cut: either producer may be kept, but the bound is the tied count.
     tied = build_sketches(rows, SketchConfig(frequent_keep=2))
-    kept = ds.frequent_strings_sketch.deserialize(tied["frequent"][0].as_py()).get_frequent_items(ds.NO_FALSE_NEGATIVES)
+    kept = frequent_of(tied.to_pylist()[0])[0].get_frequent_items(ds.NO_FALSE_NEGATIVES)
     assert kept[0][:2] == ("a", 10) and kept[1][1] == 7 and tied["frequent_error"].to_pylist() == [7]
     # Every producer kept: nothing left out, so no error.
     assert build_sketches(rows, SketchConfig(frequent_keep=6))["frequent_error"].to_pylist() == [0]
@@ -353,7 +363,7 @@ def test_kept_producers_never_exceed_the_map_capacity() -> None:
     assert SketchConfig(frequent_keep=16).kept_producers() == 16
     rows = one_group([f"p{i:02d}" for i in range(20) for _ in range(i + 1)])
     built = build_sketches(rows, SketchConfig(frequent_lg_max_k=3, frequent_keep=100))
-    fi = ds.frequent_strings_sketch.deserialize(built["frequent"][0].as_py())
+    fi, _ = frequent_of(built.to_pylist()[0])
     # Six largest (p19..p14) held exactly, with no purge; p13's count bounds the rest.
     assert sorted(est for _, est, _, _ in fi.get_frequent_items(ds.NO_FALSE_NEGATIVES)) == list(range(15, 21))
     assert built["frequent_error"].to_pylist() == [14]
@@ -384,7 +394,7 @@ def test_frequent_is_the_exact_top_of_each_group(events: list[tuple[int, str, in
     counts = producer_counts(rows)
     for key, row in by_key(built).items():
         ranked = sorted(counts[key].values(), reverse=True)
-        fi = ds.frequent_strings_sketch.deserialize(row["frequent"])  # type: ignore[arg-type]
+        fi, _ = frequent_of(row)
         items = fi.get_frequent_items(ds.NO_FALSE_NEGATIVES)
         # The kept ones: exact counts, and the largest ones (ties at the cut in any order).
         assert all(est == lb == ub == counts[key][p] for p, est, lb, ub in items)

@@ -40,7 +40,7 @@ def test_statistics_only_for_the_keys_and_dictionaries_for_keys_and_values(tmp_p
             key = column.path_in_schema in ("category", "shard", "hour")
             # A blob's min/max would copy whole sketches into the footer.
             assert column.is_stats_set == key, column.path_in_schema
-            coded = key or column.path_in_schema == "value_deltas.list.element"
+            coded = key or column.path_in_schema in ("value_deltas.list.element", "top_counts.list.element")
             assert ("RLE_DICTIONARY" in column.encodings) == coded, column.path_in_schema
     # Stored by shard first (frequent-items sketches compress better), read back by key.
     assert pq.read_table(path)["shard"].to_pylist() == sorted(sketches["shard"].to_pylist())
