@@ -129,6 +129,12 @@ def serve(
     ] = 5.0,
 ) -> None:
     """Run one node (a cluster of one unless --peers is given)."""
+    # First, before anything imports pyarrow: Arrow's C++ allocator is chosen when it loads, and
+    # pandas (installed beside dev tools only) would be pulled in by DuckDB (storage/memory.py).
+    from storage.memory import exclude_modules, tune_process_memory
+
+    tune_process_memory()
+    exclude_modules(("pandas",))
     import uvicorn
 
     from cluster.node import Node
@@ -156,9 +162,6 @@ def serve(
     if refusal is not None:
         console.print(f"[red]error:[/] {refusal}")
         raise typer.Exit(2)
-    from storage.memory import tune_process_memory
-
-    tune_process_memory()  # before data flows, so freed buffers go back to the system (storage/memory.py)
     try:
         node = Node(settings.node_config())
     except MembershipError as e:
