@@ -31,13 +31,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import duckdb
 import pyarrow as pa
-import pyarrow.dataset as pads
 
 from query.errors import InvalidQuery, QueryCancelled, QueryError, QueryTimeout, SqlNotAllowed
 from query.sqlcheck import DEFAULT_VIEWS, check_sql
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as pads
 
 __all__ = [
     "DEFAULT_VIEWS",
@@ -130,6 +133,10 @@ def register_parquet(
     (with column and filter pushdown); DuckDB never gets a path. With no files, ``schema`` is
     required and the source is empty."""
     if files:
+        # Imported on first use: pyarrow.dataset loads pandas too where it is installed (~50 MiB
+        # in a development environment), and a node that serves no SQL never needs it.
+        import pyarrow.dataset as pads
+
         source: pads.Dataset | pa.Table = pads.dataset(list(files), schema=schema, format="parquet")
     elif schema is not None:
         source = schema.empty_table()
