@@ -58,6 +58,20 @@ class Generation:
     def table(self) -> pa.Table:
         return _concat([r.rows for r in self.runs])
 
+    def pieces(self, max_bytes: int) -> list[Generation]:
+        """The runs in order, cut into pieces of at most ``max_bytes`` (a bigger run is a piece
+        of its own). Pieces carry rows only: sequence numbers and records stay with ``self``."""
+        out: list[Generation] = []
+        for run in self.runs:
+            last = out[-1] if out else None
+            if last is None or (last.nbytes + run.nbytes > max_bytes and last.runs):
+                last = Generation()
+                out.append(last)
+            last.runs.append(run)
+            last.rows += run.num_rows
+            last.nbytes += run.nbytes
+        return out
+
     def by_category(self) -> npt.NDArray[Any]:
         """Positions of ``table()``'s rows sorted by (category, timestamp), from the runs'
         indexes: per category, the runs' slices (each already in timestamp order) are merged by

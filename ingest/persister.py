@@ -5,6 +5,12 @@ to the idempotency log, the manifest commit (parts + persisted WAL position) is 
 with dropping the frozen rows from the buffer, and only then are WAL segments deleted. A crash
 between any two steps loses nothing and double-counts nothing: uncommitted parts are orphans,
 and WAL records at or below the committed position are skipped on replay.
+
+Memory: a generation is written in pieces of at most ``PersistConfig.piece_bytes`` of whole runs
+(each piece its own parts), so a persist holds the generation plus the ordering and the sorted
+copy of one piece, not of the whole generation. A generation grows past ``max_bytes`` while the
+persist before it runs (up to the buffer's cap, 75 MB on the bench), and ordering and copying
+all of it at once was the largest block of a loading node's peak memory (issue 8).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from dataclasses import dataclass
 from ingest.buffer import Generation, LiveBuffer
 from ingest.idempotency import IdempotencyIndex, KeyRecord
 from ingest.wal import Wal
-from storage.manifest import Manifest
+from storage.manifest import Manifest, Part
 from storage.memory import release_memory
 from storage.partition import PartitionStore
 
@@ -28,6 +34,9 @@ class PersistConfig:
     max_bytes: int = 16 << 20  # persist when the active buffer holds this much
     max_age_s: float = 10.0  # ... or when its oldest row is this old
     key_log_rewrite_every: int = 200  # persists between compactions of the idempotency log
+    # A generation is sorted and written this many buffer bytes at a time (see the module
+    # docstring): a bigger generation makes more, smaller parts, which compaction merges.
+    piece_bytes: int = 16 << 20
 
 
 class Persister:
@@ -74,7 +83,7 @@ class Persister:
 
     def _persist(self, g: Generation) -> int:
         t0 = time.perf_counter()
-        parts = self.store.write(g.table(), g.by_category())
+        parts = self._write(g)
         self.keys.persist(r for r in g.records if isinstance(r, KeyRecord))
         self.buffer.release(g, lambda: self.manifest.commit(add=parts, wal_seq=g.last_seq))
         self.wal.drop_through(g.last_seq)
@@ -84,3 +93,10 @@ class Persister:
         if self.persists % self.config.key_log_rewrite_every == 0:
             self.keys.rewrite()
         return g.rows
+
+    def _write(self, g: Generation) -> list[Part]:
+        """``g``'s rows as parts, one piece of whole runs at a time."""
+        parts: list[Part] = []
+        for piece in g.pieces(self.config.piece_bytes):
+            parts += self.store.write(piece.table(), piece.by_category())
+        return parts
