@@ -57,18 +57,36 @@ def _groups(source: int, meta: pq.FileMetaData) -> list[_Group]:
 
 
 def _windows(groups: Sequence[_Group], window_rows: int) -> list[tuple[int, int]]:
-    """Half-open time windows covering ``groups`` with about ``window_rows`` rows each (from the
-    groups' row counts, so an estimate; the last window ends past every timestamp)."""
+    """Half-open time windows covering ``groups`` with about ``window_rows`` rows each (an
+    estimate: each group's rows are taken as spread evenly over its time range; the last window
+    ends past every timestamp).
+
+    Spread, not counted at the group's start: the row group where one category ends and the next
+    begins spans both categories' times, often the whole hour, and counting all of its rows at
+    its start put most of a category's rows before the first cut, so a category was read in one
+    window of all its rows whatever ``window_rows`` said (issue 8)."""
     rows = sum(g.rows for g in groups)
     n = max(1, math.ceil(rows / window_rows))
-    if n == 1:
+    known = [g for g in groups if g.ts_min > _TS_MIN or g.ts_max < _TS_MAX]  # groups with statistics
+    if n == 1 or not known:
         return [(_TS_MIN, _TS_MAX)]
-    starts = np.array([g.ts_min for g in groups], dtype=np.int64)
-    weights = np.array([g.rows for g in groups], dtype=np.int64)
-    order = np.argsort(starts, kind="stable")
-    cum = np.cumsum(weights[order])
-    cuts = sorted({int(starts[order][np.searchsorted(cum, rows * k / n)]) for k in range(1, n)})
-    edges = [_TS_MIN, *[c for c in cuts if c > _TS_MIN], _TS_MAX]
+    base = min(g.ts_min for g in known)
+    starts = np.array([g.ts_min - base for g in known], dtype=np.float64)
+    ends = np.array([g.ts_max - base + 1 for g in known], dtype=np.float64)  # + 1: never zero wide
+    density = np.array([g.rows for g in known], dtype=np.float64) / (ends - starts)
+    # The rows seen up to time t form a piecewise-linear curve whose slope changes at each start
+    # (+density) and end (-density): walk those points in time order.
+    points = np.concatenate([starts, ends])
+    steps = np.concatenate([density, -density])
+    order = np.argsort(points, kind="stable")
+    points, steps = points[order], steps[order]
+    slopes = np.cumsum(steps)
+    seen = np.concatenate([[0.0], np.cumsum(slopes[:-1] * np.diff(points))])
+    targets = seen[-1] * np.arange(1, n) / n
+    at = np.clip(np.searchsorted(seen, targets, side="right") - 1, 0, len(points) - 2)
+    offsets = points[at] + (targets - seen[at]) / np.maximum(slopes[at], 1e-300)
+    cuts = sorted({base + int(x) for x in offsets})
+    edges = [_TS_MIN, *[c for c in cuts if _TS_MIN < c < _TS_MAX], _TS_MAX]
     return [(a, b) for a, b in itertools.pairwise(edges) if a < b]
 
 
