@@ -103,7 +103,8 @@ class SketchConfig:
       (0.34 % at 10), and the sketch's own bounds on it are hard, not probabilistic.
     - ``frequent_keep`` (>= 1): a sketch built from rows holds only the group's ``frequent_keep``
       producers with most events (exact counts; at most the map's capacity), and its
-      ``frequent_error`` is the exact count of the next one. Fewer is smaller and cheaper to build;
+      ``frequent_error`` is the exact count of the next one; a merge that did not purge keeps
+      its ``frequent_keep`` largest counters the same way. Fewer is smaller and cheaper to build;
       the bounds stay hard, only wider for producers beyond the kept ones.
     - ``kll_k`` (8..65535): KLL of ``value``; normalized rank error 1.33 % at 200 (99 %
       confidence), at most about 8 * (3k + 512) bytes. Values are summarised as float64, exact for
@@ -463,7 +464,12 @@ def merge_sketch_tables(tables: Sequence[pa.Table], config: SketchConfig = Sketc
     summarises exactly the union of the inputs' rows and stays within ``config.max_bytes()``
     when the inputs were built with it. Rows that all store their values, at most
     ``config.kll_k`` of them together, merge into the values (deterministic); any others into
-    a KLL (randomised compaction). Raises ``StorageError`` if a stored sketch cannot be read.
+    a KLL (randomised compaction). A merged frequent-items sketch that did not purge keeps, like
+    one built from rows, only its ``config.kept_producers()`` largest counters (the inputs'
+    items would otherwise add up over every merge: 0.57 against 0.2 bytes per event on W20
+    after merging five parts an hour), and its ``frequent_error`` becomes the next counter plus
+    what the inputs left out; the bounds stay hard. Raises ``StorageError`` if a stored sketch
+    cannot be read.
     """
     import polars as pl
 
@@ -531,16 +537,20 @@ def merge_sketch_tables(tables: Sequence[pa.Table], config: SketchConfig = Sketc
                 "rebuild it from the hour's events with build_sketches"
             ) from e
         cpcs.append(union.get_result().serialize())
-        if frequent_error(frequent) == 0:  # no purge: the counters are exact, store the items
+        if frequent_error(frequent) == 0:  # no purge: the counters are exact lower bounds
+            # Keep the largest, as building does: a producer let go had at most its counter plus
+            # what the inputs left out (lost), and the next counter bounds those let go.
             producers, counts = _items(frequent)
+            keep = config.kept_producers()
             frequents.append(None)
-            top_producers.append(producers)
-            top_counts.append(counts)
+            top_producers.append(producers[:keep])
+            top_counts.append(counts[:keep])
+            errors.append((counts[keep] if len(counts) > keep else 0) + lost)
         else:
             frequents.append(frequent.serialize())
             top_producers.append(None)
             top_counts.append(None)
-        errors.append(frequent_error(frequent) + lost)
+            errors.append(frequent_error(frequent) + lost)
     sizes = np.array([0 if v is None else len(v) for v in kept_values], np.int64)
     small = np.array([v is not None for v in kept_values])
     values = np.concatenate([np.empty(0, np.int64), *(v for v in kept_values if v is not None)])

@@ -545,3 +545,16 @@ def test_importing_sketches_does_not_import_polars() -> None:
     code = "import sys, storage.sketch, storage.sketchfile; print('polars' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "False"
+
+
+def test_a_merge_keeps_the_largest_producers_like_a_build() -> None:
+    config = SketchConfig(frequent_keep=3)
+    first = one_group([p for p, n in {"a": 9, "b": 6, "c": 5, "d": 4, "e": 1}.items() for _ in range(n)])
+    second = one_group([p for p, n in {"d": 3, "e": 8, "f": 2, "g": 2}.items() for _ in range(n)])
+    merged = merge_sketch_tables([build_sketches(first, config), build_sketches(second, config)], config)
+    # Counters after the merge: a 9, e 8, b 6, c 5, d 3, f or g 2; kept: the three largest.
+    assert merged["top_producers"].to_pylist() == [["a", "e", "b"]]
+    assert merged["top_counts"].to_pylist() == [[9, 8, 6]]
+    # The next counter (c: 5) plus what the builds left out (d's 4 in the first, 2 in the second).
+    assert merged["frequent_error"].to_pylist() == [5 + 4 + 2]
+    assert check_frequent_bounds(merged, pa.concat_tables([first, second])) == 1
