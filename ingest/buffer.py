@@ -144,6 +144,13 @@ class CountCache:
                 self._entries.popitem(last=False)
         return value
 
+    def discard(self, serials: set[int]) -> None:
+        """Drop the counts over any of the runs ``serials`` (persisted runs: no view asks for
+        them again, and an entry can hold a category's every producer id)."""
+        with self._lock:
+            for key in [k for k in self._entries if not serials.isdisjoint(k[1])]:
+                del self._entries[key]
+
 
 @dataclass(frozen=True)
 class BufferView:
@@ -289,6 +296,7 @@ class LiveBuffer:
             commit()
             self._frozen.remove(g)
             self._room.notify_all()
+        self._counts.discard({r.serial for r in g.runs})
 
     def wait_for_room(self, nbytes: int, cap: int, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` until ``nbytes`` more fit under ``cap`` (a persist

@@ -207,6 +207,10 @@ def test_whole_runs_count_through_the_cache_and_stay_exact() -> None:
     tables.append(more)
     buffer.append(more, None, 4)
     check(0, 2**62)  # a new run: a new set of whole runs, counted again
+    g = buffer.freeze()
+    assert g is not None
+    buffer.release(g, lambda: None)
+    assert not buffer._counts._entries, "counts over persisted runs leave with them"
 
 
 def test_a_full_buffer_makes_room_when_a_generation_is_released() -> None:
