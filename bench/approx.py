@@ -301,7 +301,7 @@ def render(
 ) -> str:
     name = _name(workload, args.days)
     sizes = loaded["bytes"]
-    events_b, sketch_b = sizes.get("events", 0), sizes.get("sketch", 0)
+    events_b, sketch_b = sizes.get("events", 0), sizes.get("sketch_v2", 0)
     rollups_b = sizes.get("rollup_minute", 0) + sizes.get("rollup_producer", 0)
     per_hour = workload.events // (args.days * 24 * workload.categories)
     wire: list[str] = []
@@ -322,7 +322,7 @@ def render(
         f"{workload.events:,} events, about {per_hour:,} per category-hour (W20 itself: 41,667)",
         f"- load: {loaded['load_s']:.1f} s in-process, persists {loaded['persist_s']:.1f} s, compaction "
         f"{loaded['compact_s']:.1f} s ({loaded['parts_before']} parts merged to {loaded['parts_after']}); "
-        "default sketch sizes (hll_lg_k 12, frequent_lg_max_k 10, kll_k 200); 256 shards",
+        "default sketch sizes (CPC lg_k 12, frequent_lg_max_k 10, kll_k 200); 256 shards",
         f"- on disk after compaction: events {_mib(events_b)} MiB, rollups {_mib(rollups_b)} MiB, "
         f"sketches {_mib(sketch_b)} MiB ({sketch_b / max(events_b, 1):.0%} of the events)",
         f"- latency: in-process `Node` calls (no HTTP), {args.runs} random unaligned ranges per cell with a "

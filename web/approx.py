@@ -70,7 +70,7 @@ def approx_routes(node: Node) -> list[BaseRouteHandler]:
 
     @get("/v1/distinct", sync_to_thread=True, summary="Distinct producers of a category in [start, end)")
     def distinct(category: str, start: str, end: str, approx: bool = False, strict: bool = False) -> dict[str, Any]:
-        """Exact by default. With ``approx=true`` an HLL estimate: the true count lies within
+        """Exact by default. With ``approx=true`` a CPC sketch estimate: the true count lies within
         ``[lower_bound, upper_bound]`` with probability ``confidence`` (99.7 %)."""
         t0 = time.perf_counter()
         s, e = _range(category, start, end)

@@ -72,7 +72,7 @@ def serve(
     max_concurrent_sql: Annotated[int, _opt("SQL queries running at once; beyond, 503.", "MAX_CONCURRENT_SQL")] = 4,
     sketches: Annotated[bool, _opt("Build sketch files beside parts, for approx=true answers.", "SKETCHES")] = True,
     sketch_hll_lg_k: Annotated[
-        int, _opt("Distinct-producer HLL sketches: 2^k buckets (7..21), error ~1.04/sqrt(2^k).", "SKETCH_HLL_LG_K")
+        int, _opt("Distinct-producer CPC sketches: k = 2^lg_k (7..21), error ~0.7/sqrt(k).", "SKETCH_HLL_LG_K")
     ] = 12,
     sketch_frequent_lg_max_k: Annotated[
         int, _opt("Top-k frequent-items sketches: 2^k slots (3..26).", "SKETCH_FREQUENT_LG_MAX_K")
