@@ -204,7 +204,7 @@ def measure(data: Path, workload: Workload, span: tuple[int, int], runs: int, se
                 cells[(kind, name)] = {"ms": times, "errors": errors, "probe": ranges[1]}
                 if kind != "topk":  # what one node would send a coordinator for this answer
                     c, s, e = ranges[1]
-                    partial = node.distinct_partial if kind == "distinct" else node.quantiles_partial
+                    partial = node.answers.distinct_partial if kind == "distinct" else node.answers.quantiles_partial
                     wire = {
                         a: len(json.dumps(partial(c, s, e, a, list(range(node.config.shards))))) for a in (False, True)
                     }
@@ -280,11 +280,11 @@ def _describe_error(kind: str, errors: list[dict[str, float]]) -> str:
         )
     if kind == "topk":
         recall = statistics.mean(e["recall"] for e in errors)
-        rel = max(e["rel"] for e in errors)
+        worst = max(e["rel"] for e in errors)
         guaranteed = sum(e["guaranteed"] for e in errors)
         inside = sum(e["inside"] for e in errors)
         return (
-            f"top-{K} recall {recall:.0%}; count error max {rel:.2%}; guaranteed {guaranteed:.0f}/{len(errors)}; "
+            f"top-{K} recall {recall:.0%}; count error max {worst:.2%}; guaranteed {guaranteed:.0f}/{len(errors)}; "
             f"bounds hold {inside:.0f}/{len(errors)}"
         )
     rank = max(e["rank"] for e in errors)

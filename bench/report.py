@@ -42,7 +42,7 @@ class TributaryReport:
     ingest: dict[str, IngestResult]
     cells: dict[tuple[str, str], Cell]
     rss_peaks: dict[str, int]
-    disk_running: int
+    disk_running: int  # after the queries, once background compaction has settled
     disk_stopped: int
     events: int
     mismatches: list[Mismatch]
@@ -52,6 +52,7 @@ class TributaryReport:
     took_cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
     http_floor_ms: float | None = None
     settle_s: float | None = None  # from the last acknowledgement to an empty live buffer
+    disk_loaded: int = 0  # right after loading: everything persisted, not yet compacted
 
 
 @dataclass
@@ -149,11 +150,12 @@ def _targets(r: RunReport) -> list[str]:
         )
     )
     bpe = t.disk_stopped / t.events if t and t.events else None
+    loaded = f" ({t.disk_loaded / t.events:.1f} as loaded, before compaction)" if t and t.disk_loaded else ""
     rows.append(
         (
             "bytes on disk per event",
             "<= 12",
-            "–" if bpe is None else f"{bpe:.1f}",
+            "–" if bpe is None else f"{bpe:.1f}{loaded}",
             None if bpe is None else bpe <= 12,
         )
     )
@@ -218,10 +220,12 @@ def _resources_table(r: RunReport) -> list[str]:
     bpe_t = t.disk_stopped / t.events if t and t.events else None
     lines = ["| system | peak RSS | T/peer | bytes on disk / event | T/peer |", "|---|---|---|---|---|"]
     if t:
-        ing, qry = t.rss_peaks.get("ingest"), t.rss_peaks.get("queries")
+        ing, qry, cmp = t.rss_peaks.get("ingest"), t.rss_peaks.get("queries"), t.rss_peaks.get("settle")
+        compacting = f", {_mib(cmp)} compacting after" if cmp else ""
+        loaded = f", {t.disk_loaded / t.events:.2f} as loaded" if t.disk_loaded else ""
         lines.append(
-            f"| Tributary (server process tree) | {_mib(ing)} loading, {_mib(qry)} serving queries | "
-            f"| {t.disk_stopped / t.events:.2f} stopped ({t.disk_running / t.events:.2f} running) | |"
+            f"| Tributary (server process tree) | {_mib(ing)} loading, {_mib(qry)} serving queries{compacting} | "
+            f"| {t.disk_stopped / t.events:.2f} stopped ({t.disk_running / t.events:.2f} running{loaded}) | |"
         )
     for name, p in r.peers.items():
         bpe = p.disk_bytes / p.events

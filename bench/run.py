@@ -28,7 +28,7 @@ from bench import loader
 from bench.peers import PEERS, PeerResult, run_peer_isolated
 from bench.queries import Cell, Query, compare, latency_cells, make_queries, percentile
 from bench.report import RunReport, TributaryReport, chart, render, update_results
-from bench.server import DEFAULT_COMMAND, RssSampler, ServerProcess, disk_usage, wait_persisted
+from bench.server import DEFAULT_COMMAND, RssSampler, ServerProcess, disk_usage, wait_compacted, wait_persisted
 from bench.workload import Workload, chunk_paths, ensure
 
 __all__ = ["main"]
@@ -126,11 +126,15 @@ def _run_tributary(
                 )
             settle_s = wait_persisted([server.url])
             _log(f"tributary: everything acknowledged was persisted {settle_s} s after the last ingest")
+            disk_loaded = disk_usage(data_dir)
             stats = _stats(server.url)
             sampler.enter("queries")
             run = loader.run_queries(server.url, queries)
             mismatches = compare(queries, expected, run.answers)
             _log(f"tributary: {len(queries)} queries, {len(mismatches)} mismatches against the peers")
+            sampler.enter("settle")
+            compacted_s = wait_compacted(server.url)
+            _log(f"tributary: background compaction settled {compacted_s} s after the queries")
             disk_running = disk_usage(data_dir)
             sampler.enter("stop")
         finally:
@@ -145,6 +149,7 @@ def _run_tributary(
         took_cells=_took_cells(queries, run.took_ms),
         http_floor_ms=percentile(run.floor_ms, 50) if run.floor_ms else None,
         rss_peaks=peaks,
+        disk_loaded=disk_loaded,
         disk_running=disk_running,
         disk_stopped=disk_usage(data_dir),
         events=workload.events,
