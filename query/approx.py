@@ -18,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 
 from query.errors import InvalidQuery, QueryError
-from storage.sketch import SKETCH_DECODE_ERRORS, SketchConfig, frequent_error, merge_frequent_rows, merge_kll
+from storage.sketch import SKETCH_DECODE_ERRORS, SketchConfig
+from storage.sketchmerge import frequent_error, merge_frequent_rows, merge_kll
 
 __all__ = [
     "COLLAPSED_SCHEMA",

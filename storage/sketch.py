@@ -12,16 +12,17 @@ value exactly and has never compacted, so the values answer exactly as it would,
 values stored as differences take under half its bytes. ``value_deltas`` is then the group's
 values in ascending order, the first one as it is and each next one as its difference from the
 previous one (int64 arithmetic modulo 2^64, so any int64 values round-trip), and ``kll`` is null;
-otherwise ``value_deltas`` is null. ``merge_kll`` reads both forms.
+otherwise ``value_deltas`` is null. ``storage.sketchmerge.merge_kll`` reads both forms.
 
 Likewise a frequent-items sketch whose counters are exact (no purge: built from rows, or merged
 without one) is stored as its items, most events first, in ``top_producers`` / ``top_counts``
 (0.29 against 0.41 bytes per event as blobs on W20), and ``frequent`` is null; a purged one
-(offset above 0) is stored as a blob. ``merge_frequent_rows`` reads both forms.
+(offset above 0) is stored as a blob. ``storage.sketchmerge.merge_frequent_rows`` reads both
+forms.
 
 ``frequent_error`` stores the frequent-items summary's maximum error beside the sketch: every
 producer's count lies within the sketch's bounds, the upper one raised by ``frequent_error -
-frequent_error(sketch)`` (``merge_frequent`` puts the two together). A sketch built from rows
+frequent_error(sketch)`` (``storage.sketchmerge.merge_frequent`` puts the two together). A sketch built from rows
 holds only each group's largest producers, with their exact counts (``SketchConfig.frequent_keep``),
 and its ``frequent_error`` is the exact count of the next one, which the sketch itself cannot
 express. The column also keeps the error of a merge whose purge evicted every producer:
@@ -32,7 +33,6 @@ and skips it in ``merge`` (apache/datasketches-cpp#527).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import datasketches as ds
@@ -41,7 +41,6 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from storage.errors import StorageError
 from storage.schema import HOUR_NS, PRODUCER_MAX_BYTES
 from storage.xxh64 import xxh64_strings
 
@@ -51,12 +50,9 @@ __all__ = [
     "SKETCH_SCHEMA",
     "SketchConfig",
     "build_sketches",
-    "frequent_error",
-    "merge_frequent",
-    "merge_frequent_rows",
-    "merge_kll",
-    "merge_sketch_tables",
-    "stored_values",
+    "combined",
+    "sketch_table",
+    "value_deltas_column",
 ]
 
 SKETCH_KEYS = ("category", "shard", "hour")
@@ -173,10 +169,10 @@ def build_sketches(
     if rows.num_rows == 0:
         return SKETCH_SCHEMA.empty_table()
     groups = _Groups(rows)
-    key = groups.key(rows["category"], rows["shard"], _combined(rows["timestamp"]).to_numpy())
-    keys, sizes, values = _sorted_values(key, _combined(rows["value"]).to_numpy())
+    key = groups.key(rows["category"], rows["shard"], combined(rows["timestamp"]).to_numpy())
+    keys, sizes, values = _sorted_values(key, combined(rows["value"]).to_numpy())
     if producer_counts is None:
-        pair_group, producers, counts = _count_pairs(key, keys, _combined(rows["producer_id"]))
+        pair_group, producers, counts = _count_pairs(key, keys, combined(rows["producer_id"]))
     else:
         pair_group, producers, counts = _ranked_pairs(groups, keys, producer_counts, rows.num_rows)
     starts = np.searchsorted(pair_group, np.arange(len(keys)))
@@ -214,9 +210,9 @@ def build_sketches(
             klls.append(kll.serialize())
         row_start += n
     categories, shards, hours = groups.decode(keys)
-    deltas = _value_deltas(values, sizes, sizes <= config.kll_k)
+    deltas = value_deltas_column(values, sizes, sizes <= config.kll_k)
     frequents: list[bytes | None] = [None] * len(keys)
-    return _sketch_table(
+    return sketch_table(
         categories,
         shards,
         hours,
@@ -240,7 +236,7 @@ def _lists(children: pa.Array, sizes: _Ints, valid: npt.NDArray[np.bool_]) -> pa
     )
 
 
-def _value_deltas(values: _Ints, sizes: _Ints, small: npt.NDArray[np.bool_]) -> pa.Array:
+def value_deltas_column(values: _Ints, sizes: _Ints, small: npt.NDArray[np.bool_]) -> pa.Array:
     """The ``value_deltas`` column of groups of ``sizes`` rows whose ``values`` are sorted within
     each group: the deltas of the ``small`` groups, null for the others."""
     starts = (np.cumsum(sizes) - sizes)[sizes > 0]
@@ -250,41 +246,8 @@ def _value_deltas(values: _Ints, sizes: _Ints, small: npt.NDArray[np.bool_]) -> 
     return _lists(pa.array(deltas[np.repeat(small, sizes)], pa.int64()), sizes, small)
 
 
-def stored_values(value_deltas: pa.Array | pa.ChunkedArray) -> _Ints:
-    """The values a ``value_deltas`` column holds, row after row (each row's in ascending order;
-    null rows hold none)."""
-    column = _combined(value_deltas)
-    if len(column) == 0 or column.null_count == len(column):
-        return np.empty(0, np.int64)
-    deltas = pc.list_flatten(column).to_numpy().astype(np.int64)
-    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy().astype(np.int64)
-    lengths = lengths[lengths > 0]
-    sums = np.cumsum(deltas)
-    # Each row's running sum, less the sums of the rows before it (modulo 2^64, like the deltas).
-    before = np.concatenate([[0], sums[np.cumsum(lengths)[:-1] - 1]]).astype(np.int64)
-    values: _Ints = sums - np.repeat(before, lengths)
-    return values
-
-
-def merge_kll(
-    kll: pa.Array | pa.ChunkedArray, value_deltas: pa.Array | pa.ChunkedArray | None, k: int
-) -> ds.kll_doubles_sketch:
-    """One KLL sketch of size ``k`` holding the rows' ``kll`` sketches (nulls skipped) and the
-    values of their ``value_deltas`` (when given). A row whose values are stored answers exactly
-    as the KLL it replaces would. Raises one of ``SKETCH_DECODE_ERRORS`` on a blob that is not a
-    sketch."""
-    merged = ds.kll_doubles_sketch(k)
-    for blob in _combined(kll).to_pylist():
-        if blob is not None:
-            merged.merge(ds.kll_doubles_sketch.deserialize(blob))
-    if value_deltas is not None:
-        values = stored_values(value_deltas)
-        if len(values):
-            merged.update(values.astype(np.float64))
-    return merged
-
-
-def _combined(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+def combined(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One array of a column that may be chunked."""
     return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
@@ -299,10 +262,10 @@ class _Groups:
     triples do, and back."""
 
     def __init__(self, rows: pa.Table) -> None:
-        categories = pc.unique(_combined(rows["category"]))
+        categories = pc.unique(combined(rows["category"]))
         # Categories in order, so that a category's position sorts as the category does.
         self.categories = categories.take(pc.sort_indices(categories))
-        hour = _combined(rows["timestamp"]).to_numpy() // HOUR_NS  # floor, also before 1970
+        hour = combined(rows["timestamp"]).to_numpy() // HOUR_NS  # floor, also before 1970
         self.first_hour = int(hour.min())
         self.span = int(hour.max()) - self.first_hour + 1
         self.hours: _Ints | None = None
@@ -313,12 +276,12 @@ class _Groups:
 
     def key(self, category: pa.Array | pa.ChunkedArray, shard: pa.Array | pa.ChunkedArray, ts: _Ints) -> _Ints:
         """The keys of rows with these columns (``ts``: any timestamp within the hour)."""
-        position = pc.index_in(_combined(category), value_set=self.categories)
+        position = pc.index_in(combined(category), value_set=self.categories)
         if position.null_count:
             raise ValueError("a category the rows do not have")
         hour = ts // HOUR_NS
         index = np.searchsorted(self.hours, hour) if self.hours is not None else hour - self.first_hour
-        shards = _combined(shard).to_numpy().astype(np.int64)
+        shards = combined(shard).to_numpy().astype(np.int64)
         key: _Ints = (position.to_numpy().astype(np.int64) * (1 << 16) + shards) * self.span + index
         return key
 
@@ -354,14 +317,14 @@ def _count_pairs(key: _Ints, keys: _Ints, producer_id: pa.Array) -> tuple[_Ints,
 
 def _ranked_pairs(groups: _Groups, keys: _Ints, table: pa.Table, rows: int) -> tuple[_Ints, pa.Array, _Ints]:
     """``_count_pairs`` from a producer rollup of the rows instead of the rows."""
-    counts = _combined(table["count"]).to_numpy().astype(np.int64)
+    counts = combined(table["count"]).to_numpy().astype(np.int64)
     if int(counts.sum()) != rows:
         raise ValueError(f"producer counts add up to {int(counts.sum())} events, not the {rows} rows sketched")
-    key = groups.key(table["category"], table["shard"], _combined(table["hour"]).to_numpy())
+    key = groups.key(table["category"], table["shard"], combined(table["hour"]).to_numpy())
     pair_group = np.searchsorted(keys, key)
     if not np.array_equal(keys[np.minimum(pair_group, len(keys) - 1)], key):
         raise ValueError("producer counts of a (category, shard, hour) the rows do not have")
-    producer_id = _combined(table["producer_id"])
+    producer_id = combined(table["producer_id"])
     order = _rank(pair_group, counts, xxh64_strings(producer_id))
     return pair_group[order], producer_id.take(pa.array(order)), counts[order]
 
@@ -397,179 +360,7 @@ def _sorted_values(key: _Ints, value: _Ints) -> tuple[_Ints, _Ints, _Ints]:
     return by_key[firsts], sizes, values.astype(np.int64)
 
 
-def frequent_error(sketch: ds.frequent_strings_sketch) -> int:
-    """The sketch's maximum error: no producer it does not track has more events than this."""
-    # "" is never a producer_id (1..256 bytes), so it is never tracked and its upper bound is
-    # the sketch's offset, which the Python binding does not expose otherwise.
-    return int(sketch.get_upper_bound(""))
-
-
-def merge_frequent(
-    blobs: Sequence[bytes | None],
-    errors: Sequence[int],
-    lg_max_k: int,
-    producers: Sequence[str] = (),
-    counts: Sequence[int] = (),
-) -> tuple[ds.frequent_strings_sketch, int]:
-    """Merge frequent-items sketches with their stored ``frequent_error``s: serialized ones
-    (``blobs``) and exact ones stored as items (a None blob; their items, flattened, in
-    ``producers`` and ``counts``).
-
-    Returns the merged sketch and ``lost``, the error of inputs that the sketch cannot express:
-    what a sketch built from rows left out, and the state of one purged to no items, which
-    serialization drops (apache/datasketches-cpp#527). Guarantees: for every producer,
-    ``sketch.get_lower_bound(p) <= true count <= sketch.get_upper_bound(p) + lost``, and the
-    merged maximum error is ``frequent_error(sketch) + lost``. Raises one of
-    ``SKETCH_DECODE_ERRORS`` on a blob that is not a sketch.
-    """
-    merged = ds.frequent_strings_sketch(lg_max_k)
-    lost = 0
-    for blob, error in zip(blobs, errors, strict=True):
-        if blob is None:
-            lost += error  # an exact sketch (offset 0): all its error is what it left out
-            continue
-        part = ds.frequent_strings_sketch.deserialize(blob)
-        # A sketch purged to no items keeps no counters, so each producer it saw had at most
-        # its error; that error is what the blob dropped.
-        lost += error - frequent_error(part)
-        merged.merge(part)
-    # Updating with an exact sketch's items is what merging it does.
-    deque(map(merged.update, producers, counts), 0)
-    return merged, lost
-
-
-def merge_frequent_rows(rows: pa.Table, lg_max_k: int) -> tuple[ds.frequent_strings_sketch, int]:
-    """``merge_frequent`` over sketch rows (columns ``frequent``, ``frequent_error`` and, when
-    some are stored as items, ``top_producers`` and ``top_counts``)."""
-    producers: list[str] = []
-    counts: list[int] = []
-    if "top_producers" in rows.column_names:
-        producers = pc.list_flatten(_combined(rows["top_producers"])).to_pylist()
-        counts = pc.list_flatten(_combined(rows["top_counts"])).to_pylist()
-    errors = [int(e) for e in rows["frequent_error"].to_pylist()]
-    return merge_frequent(rows["frequent"].to_pylist(), errors, lg_max_k, producers, counts)
-
-
-def _items(sketch: ds.frequent_strings_sketch) -> tuple[list[str], list[int]]:
-    """An exact sketch's items, most events first then by producer: deterministic lists."""
-    items = sorted(sketch.get_frequent_items(ds.NO_FALSE_NEGATIVES, 0), key=lambda i: (-i[1], i[0]))
-    return [i[0] for i in items], [int(i[1]) for i in items]
-
-
-def merge_sketch_tables(tables: Sequence[pa.Table], config: SketchConfig = SketchConfig()) -> pa.Table:
-    """Merge sketch tables into one row per (category, shard, hour), sorted by those keys.
-
-    A key present once is passed through byte for byte; rows sharing a key are merged into
-    sketches of ``config``'s sizes (a larger stored sketch is down-sampled), so the result
-    summarises exactly the union of the inputs' rows and stays within ``config.max_bytes()``
-    when the inputs were built with it. Rows that all store their values, at most
-    ``config.kll_k`` of them together, merge into the values (deterministic); any others into
-    a KLL (randomised compaction). A merged frequent-items sketch that did not purge keeps, like
-    one built from rows, only its ``config.kept_producers()`` largest counters (the inputs'
-    items would otherwise add up over every merge: 0.57 against 0.2 bytes per event on W20
-    after merging five parts an hour), and its ``frequent_error`` becomes the next counter plus
-    what the inputs left out; the bounds stay hard. Raises ``StorageError`` if a stored sketch
-    cannot be read.
-    """
-    import polars as pl
-
-    parts = [t.select(SKETCH_SCHEMA.names).cast(SKETCH_SCHEMA) for t in tables if t.num_rows]
-    if not parts:
-        return SKETCH_SCHEMA.empty_table()
-    table = pa.concat_tables(parts).sort_by([(k, "ascending") for k in SKETCH_KEYS])
-    keys_df = pl.from_arrow(table.select(list(SKETCH_KEYS)))
-    assert isinstance(keys_df, pl.DataFrame)
-    runs = (
-        keys_df.with_row_index("i")
-        .group_by(list(SKETCH_KEYS), maintain_order=True)
-        .agg(first=pl.col("i").first(), count=pl.len())
-    )
-    if runs.height == table.num_rows:
-        return table.combine_chunks()
-
-    names = ("n", "cpc", "frequent", "frequent_error", "kll", "top_producers", "top_counts")
-    columns = {name: table[name].to_pylist() for name in names}
-    deltas = table["value_deltas"].combine_chunks()
-    # Every row's stored values decoded at once; row i's are all_values[ends[i] - lengths[i]:ends[i]].
-    all_values = stored_values(deltas)
-    lengths = pc.fill_null(pc.list_value_length(deltas), 0).to_numpy().astype(np.int64)
-    ends = np.cumsum(lengths)
-
-    def values_of(rows: range) -> _Ints:
-        return all_values[int(ends[rows.start] - lengths[rows.start]) : int(ends[rows.stop - 1])]
-
-    ns: list[int] = []
-    cpcs: list[bytes] = []
-    frequents: list[bytes | None] = []
-    errors: list[int] = []
-    klls: list[bytes | None] = []
-    top_producers: list[list[str] | None] = []
-    top_counts: list[list[int] | None] = []
-    # Each merged row's sorted values when it keeps them, else None.
-    kept_values: list[_Ints | None] = []
-    for category, shard, hour, first, count in runs.iter_rows():
-        span = range(first, first + count)
-        ns.append(sum(columns["n"][i] for i in span))
-        if count == 1:
-            cpcs.append(columns["cpc"][first])
-            frequents.append(columns["frequent"][first])
-            top_producers.append(columns["top_producers"][first])
-            top_counts.append(columns["top_counts"][first])
-            errors.append(columns["frequent_error"][first])
-            klls.append(columns["kll"][first])
-            kept_values.append(values_of(span) if deltas[first].is_valid else None)
-            continue
-        try:
-            union = ds.cpc_union(config.hll_lg_k)
-            for i in span:
-                union.update(ds.cpc_sketch.deserialize(columns["cpc"][i]))
-            frequent, lost = merge_frequent_rows(table.slice(first, count), config.frequent_lg_max_k)
-            if ns[-1] <= config.kll_k and all(columns["kll"][i] is None for i in span):
-                klls.append(None)
-                kept_values.append(np.sort(values_of(span)))
-            else:
-                blobs = pa.array(columns["kll"][first : first + count], pa.binary())
-                klls.append(merge_kll(blobs, deltas.slice(first, count), config.kll_k).serialize())
-                kept_values.append(None)
-        except SKETCH_DECODE_ERRORS as e:
-            raise StorageError(
-                f"sketch of category={category!r} shard={shard} hour={hour} cannot be read: {e}; "
-                "rebuild it from the hour's events with build_sketches"
-            ) from e
-        cpcs.append(union.get_result().serialize())
-        if frequent_error(frequent) == 0:  # no purge: the counters are exact lower bounds
-            # Keep the largest, as building does: a producer let go had at most its counter plus
-            # what the inputs left out (lost), and the next counter bounds those let go.
-            producers, counts = _items(frequent)
-            keep = config.kept_producers()
-            frequents.append(None)
-            top_producers.append(producers[:keep])
-            top_counts.append(counts[:keep])
-            errors.append((counts[keep] if len(counts) > keep else 0) + lost)
-        else:
-            frequents.append(frequent.serialize())
-            top_producers.append(None)
-            top_counts.append(None)
-            errors.append(frequent_error(frequent) + lost)
-    sizes = np.array([0 if v is None else len(v) for v in kept_values], np.int64)
-    small = np.array([v is not None for v in kept_values])
-    values = np.concatenate([np.empty(0, np.int64), *(v for v in kept_values if v is not None)])
-    return _sketch_table(
-        runs["category"].to_list(),
-        runs["shard"].to_list(),
-        runs["hour"].to_list(),
-        ns,
-        cpcs,
-        frequents,
-        errors,
-        klls,
-        _value_deltas(values, sizes, small),
-        pa.array(top_producers, pa.list_(pa.string())),
-        pa.array(top_counts, pa.list_(pa.int64())),
-    )
-
-
-def _sketch_table(
+def sketch_table(
     categories: list[str],
     shards: list[int],
     hours: list[int],

@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.errors import StorageError
-from storage.sketch import SKETCH_KEYS, SKETCH_SCHEMA, SketchConfig, build_sketches, merge_sketch_tables
+from storage.sketch import SKETCH_KEYS, SKETCH_SCHEMA, SketchConfig, build_sketches
+from storage.sketchmerge import merge_sketch_tables
 
 __all__ = ["SKETCH_KIND", "SketchExtra", "read_sketch_file", "write_sketch_file"]
 

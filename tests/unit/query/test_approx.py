@@ -20,7 +20,8 @@ from query.approx import (
 )
 from query.errors import InvalidQuery, QueryError
 from storage.schema import HOUR_NS, STORED_SCHEMA, ShardHasher
-from storage.sketch import SketchConfig, build_sketches, merge_sketch_tables
+from storage.sketch import SketchConfig, build_sketches
+from storage.sketchmerge import merge_sketch_tables
 from tests.eventgen import zipf_stored
 
 T0 = 1_700_000_000_000_000_000 - 1_700_000_000_000_000_000 % HOUR_NS

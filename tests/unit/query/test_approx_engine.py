@@ -30,8 +30,9 @@ from query.approxengine import (
 )
 from query.errors import InvalidQuery, QueryError
 from storage.schema import HOUR_NS, MINUTE_NS
-from storage.sketch import SketchConfig, merge_sketch_tables
+from storage.sketch import SketchConfig
 from storage.sketchfile import SKETCH_KIND, SketchExtra, read_sketch_file
+from storage.sketchmerge import merge_sketch_tables
 from tests.eventgen import zipf_stored
 from tests.support.parts import Parts
 

@@ -20,16 +20,8 @@ from storage import sketch
 from storage.errors import StorageError
 from storage.rollup import producer_rollup
 from storage.schema import HOUR_NS, STORED_SCHEMA, ShardHasher
-from storage.sketch import (
-    SKETCH_SCHEMA,
-    SketchConfig,
-    build_sketches,
-    frequent_error,
-    merge_frequent_rows,
-    merge_kll,
-    merge_sketch_tables,
-    stored_values,
-)
+from storage.sketch import SKETCH_SCHEMA, SketchConfig, build_sketches
+from storage.sketchmerge import frequent_error, merge_frequent_rows, merge_kll, merge_sketch_tables, stored_values
 
 T0 = 1_700_000_000_000_000_000 - 1_700_000_000_000_000_000 % HOUR_NS
 SMALL = SketchConfig(hll_lg_k=8, frequent_lg_max_k=4, kll_k=16)
@@ -542,7 +534,7 @@ def test_stored_values_answer_as_the_kll_they_replace() -> None:
 
 def test_importing_sketches_does_not_import_polars() -> None:
     # polars costs ~25 MiB of idle RSS; only building or merging sketches needs it.
-    code = "import sys, storage.sketch, storage.sketchfile; print('polars' in sys.modules)"
+    code = "import sys, storage.sketch, storage.sketchmerge, storage.sketchfile; print('polars' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "False"
 
