@@ -59,6 +59,10 @@ class Compactor:
         t0 = time.perf_counter()
         merged = self.store.merge(parts)
         self.manifest.commit(add=[merged], remove=[p.id for p in parts])
+        # A merge holds a window of its hour's rows and its rollups: hand that memory back before
+        # the next hour of a round (a round during a W20 load merges one hour after another for
+        # a minute, beside the persists).
+        release_memory()
         self.compactions += 1
         self.compact_seconds += time.perf_counter() - t0
         return merged
@@ -70,6 +74,4 @@ class Compactor:
         groups = [ps for ps in hours if len(ps) >= 2] if force else self.candidates()
         for parts in groups:
             self.compact_hour(parts)
-        if groups:
-            release_memory()  # a merge holds an hour's rows; hand that memory back
         return len(groups)

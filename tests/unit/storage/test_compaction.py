@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import random
+from pathlib import Path
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from storage.compaction import CompactionConfig, choose
-from storage.manifest import Part
+import storage.compaction
+from storage.compaction import CompactionConfig, Compactor, choose
+from storage.manifest import Manifest, Part
+from storage.partition import PartitionStore
+from storage.schema import HOUR_NS
+from tests.eventgen import random_events, stored
 
 CFG = CompactionConfig(min_parts=4, max_rows=20_000_000, small_rows=1_000_000)
 
@@ -64,3 +72,23 @@ def test_a_steady_stream_rewrites_each_row_few_times(sizes: list[int]) -> None:
     # Merging the whole hour each time rewrites rows ~7x here; small parts (always merged
     # together, they are cheap) may add up to small_rows per part persisted.
     assert written <= total * 4 + CFG.small_rows * len(sizes)
+
+
+def test_memory_is_handed_back_after_each_hour_merged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round merges hours one after another: each hour's memory goes back to the system once
+    it is committed, not only at the end of the round."""
+    manifest = Manifest(tmp_path)
+    store = PartitionStore(tmp_path, manifest)
+    rng = random.Random(3)
+    for batch in range(2):
+        manifest.commit(add=store.write(stored(random_events(rng, 400, span=2 * HOUR_NS), batch_id=batch)))
+    assert len(manifest.state.hours()) == 2 and len(manifest.state.parts) == 4
+    parts_at_release: list[int] = []
+
+    def release() -> None:
+        parts_at_release.append(len(manifest.state.parts))
+
+    monkeypatch.setattr(storage.compaction, "release_memory", release)
+    assert Compactor(store, manifest).run_once(force=True) == 2
+    assert parts_at_release == [3, 2]  # after the first hour's commit, then after the second's
+    store.close()
