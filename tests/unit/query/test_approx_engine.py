@@ -198,25 +198,37 @@ def test_answers_through_persists_and_compactions(tmp_path: Path) -> None:
     node.close()
 
 
+NEW_ROWS = 8_000
+
+
+def sketch_new_rows(node: Node, old: pa.Table, seed: int) -> Oracle:
+    """The node (restarted) with sketches on takes new rows: answers over old and new parts
+    equal the oracle's. Returns the oracle over both."""
+    node.enable_sketches()
+    new = workload(seed, n=NEW_ROWS, producers=5_000, batch=100)
+    node.to_buffer(new)
+    node.persist()
+    oracle = Oracle(pa.concat_tables([old, new]))
+    check(node, oracle, seed=seed, count=12)
+    return oracle
+
+
+def sketched_rows(node: Node, root: Path) -> int:
+    """Rows summarised by the sketch files of the node's parts."""
+    return sum(sum(read_sketch_file(p.path(root, SKETCH_KIND))["n"].to_pylist()) for p in node.manifest.state.parts)
+
+
 def test_parts_without_sketch_files_are_sketched_from_their_rows(tmp_path: Path) -> None:
     node = Node(tmp_path, sketches=False)
     old = workload(31, n=8_000, producers=5_000, batch=0)
     node.to_buffer(old)
     node.persist()
     assert all(SKETCH_KIND not in p.files for p in node.manifest.state.parts)
-    node.enable_sketches()
-    new = workload(32, n=8_000, producers=5_000, batch=100)
-    node.to_buffer(new)
-    node.persist()
-    oracle = Oracle(pa.concat_tables([old, new]))
-    check(node, oracle, seed=3, count=12)
+    oracle = sketch_new_rows(node, old, seed=32)
     # Compacting a mix builds the hour's sketch file once, from the merged rows.
     node.compact()
     assert all(SKETCH_KIND in p.files for p in node.manifest.state.parts)
-    total = sum(
-        sum(read_sketch_file(p.path(tmp_path, SKETCH_KIND))["n"].to_pylist()) for p in node.manifest.state.parts
-    )
-    assert total == old.num_rows + new.num_rows
+    assert sketched_rows(node, tmp_path) == old.num_rows + NEW_ROWS
     check(node, oracle, seed=4, count=12)
     node.close()
 
@@ -241,19 +253,11 @@ def test_parts_with_sketch_files_of_the_old_format_are_sketched_from_their_rows(
     node.to_buffer(old)
     node.persist()
     assert all("sketch" in p.files and SKETCH_KIND not in p.files for p in node.manifest.state.parts)
-    node.enable_sketches()  # the node restarted on the older data directory
-    new = workload(34, n=8_000, producers=5_000, batch=100)
-    node.to_buffer(new)
-    node.persist()
-    oracle = Oracle(pa.concat_tables([old, new]))
-    check(node, oracle, seed=5, count=12)
+    oracle = sketch_new_rows(node, old, seed=34)  # the node restarted on the older data directory
     # Compaction builds each hour's new-format file from the merged rows; the old files go.
     node.compact()
     assert all("sketch" not in p.files and SKETCH_KIND in p.files for p in node.manifest.state.parts)
-    total = sum(
-        sum(read_sketch_file(p.path(tmp_path, SKETCH_KIND))["n"].to_pylist()) for p in node.manifest.state.parts
-    )
-    assert total == old.num_rows + new.num_rows
+    assert sketched_rows(node, tmp_path) == old.num_rows + NEW_ROWS
     check(node, oracle, seed=6, count=12)
     node.close()
 
