@@ -11,8 +11,8 @@ and slices still only in the live buffer need no second source of truth.
 
 ``read_hour`` rebuilds an hour from the ``batches-<part>.parquet`` files ``BatchesExtra`` writes
 beside its parts (from the rows of older parts without one), and ``hour_digest`` computes an
-hour's per-shard digests from its pairs with a vectorised xxh64, equal to summing
-``holdings.item_hash`` per slice.
+hour's per-shard digests from its pairs with a vectorised xxh64
+(``storage.xxh64.xxh64_int_pairs``), equal to summing ``holdings.item_hash`` per slice.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ import numpy.typing as npt
 
 from storage.manifest import Part
 from storage.schema import HOUR_NS
+from storage.xxh64 import xxh64_int_pairs
 
-__all__ = ["BatchesExtra", "HourIds", "hour_digest", "items_hash", "read_hour"]
+__all__ = ["BatchesExtra", "HourIds", "hour_digest", "read_hour"]
 
 I64 = npt.NDArray[np.int64]
 U16 = npt.NDArray[np.uint16]
@@ -68,38 +69,11 @@ class BatchesExtra:
         _fsync(path)
 
 
-_P1 = np.uint64(0x9E3779B185EBCA87)
-_P2 = np.uint64(0xC2B2AE3D27D4EB4F)
-_P3 = np.uint64(0x165667B19E3779F9)
-_P4 = np.uint64(0x85EBCA77C2B2AE63)
-_P5 = np.uint64(0x27D4EB2F165667C5)
-
-
-def _rotl(x: U64, r: int) -> U64:
-    return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
-
-
-def items_hash(hour: int, batches: I64) -> U64:
-    """xxh64 of the 16 little-endian bytes (hour, batch_id) for each batch id: the same values
-    as ``holdings.item_hash`` (xxh64 of a 16-byte input: two 8-byte lanes, then avalanche)."""
-    h = np.full(len(batches), (int(_P5) + 16) & ((1 << 64) - 1), np.uint64)
-    lanes = (np.full(len(batches), hour & ((1 << 64) - 1), np.uint64), batches.astype(np.int64).view(np.uint64))
-    for lane in lanes:
-        h ^= _rotl(lane * _P2, 31) * _P1
-        h = _rotl(h, 27) * _P1 + _P4
-    h ^= h >> np.uint64(33)
-    h *= _P2
-    h ^= h >> np.uint64(29)
-    h *= _P3
-    h ^= h >> np.uint64(32)
-    return h
-
-
 def hour_digest(hour: int, batches: I64, shards: U16) -> dict[int, tuple[int, int]]:
     """Per shard, (sum mod 2^64 of the items' hashes, count) of distinct (batch, shard) pairs."""
     if not len(batches):
         return {}
-    hashes = items_hash(hour, batches)
+    hashes = xxh64_int_pairs(hour, batches)
     idx = shards.astype(np.intp)
     sums = np.zeros(int(idx.max()) + 1, np.uint64)
     np.add.at(sums, idx, hashes)  # uint64 arithmetic wraps: the sum is taken mod 2^64

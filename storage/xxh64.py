@@ -4,6 +4,7 @@
 bit (the property test checks it against the ``xxhash`` package on random strings of every
 length). It is what lets ingest compute ``shard = xxh64(producer_id) % shards`` for a batch of
 100k rows in about a millisecond, with no per-producer cache to hold in memory.
+``xxh64_int_pairs`` does the same for 16-byte (int64, int64) keys: the slice index's digests.
 
 The algorithm is the reference one (github.com/Cyan4973/xxHash, ``XXH64``): 32-byte stripes
 over four lanes, then 8-, 4- and 1-byte tails, then the avalanche. Strings of different lengths
@@ -20,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-__all__ = ["xxh64_strings"]
+__all__ = ["xxh64_int_pairs", "xxh64_strings"]
 
 U64 = npt.NDArray[Any]  # uint64 arrays (numpy's stubs lose the dtype through shifts and ors)
 
@@ -137,8 +138,22 @@ def xxh64_strings(array: pa.Array | pa.ChunkedArray, seed: int = 0) -> U64:
         upd = _rotl(h ^ (data[pos + j].astype(np.uint64) * _P5), 11) * _P1
         h = np.where(has, upd, h)
 
+    return _avalanche(h)
+
+
+def xxh64_int_pairs(first: int, second: npt.NDArray[np.int64]) -> U64:
+    """XXH64 (seed 0) of the 16 bytes ``struct.pack("<qq", first, x)`` for each ``x`` of
+    ``second``, as uint64: a 16-byte input is two 8-byte tail words, then the avalanche."""
+    h = np.full(len(second), (P5 + 16) & _M, dtype=np.uint64)
+    for word in (np.full(len(second), first & _M, dtype=np.uint64), second.astype(np.int64).view(np.uint64)):
+        h = _rotl(h ^ _round(np.zeros_like(word), word), 27) * _P1 + _P4
+    return _avalanche(h)
+
+
+def _avalanche(h: U64) -> U64:
     h = h ^ (h >> np.uint64(33))
     h = h * _P2
     h = h ^ (h >> np.uint64(29))
     h = h * _P3
-    return h ^ (h >> np.uint64(32))
+    out: U64 = h ^ (h >> np.uint64(32))
+    return out

@@ -19,10 +19,11 @@ from hypothesis import strategies as st
 
 from cluster.holdings import Holdings, HoldingsConfig, item_hash
 from cluster.node import Node, NodeConfig
-from cluster.sliceindex import FRESH_ENTRY_BYTES, HourIds, hour_digest, items_hash
+from cluster.sliceindex import FRESH_ENTRY_BYTES, HourIds, hour_digest
 from ingest.wal import WalConfig
 from storage.manifest import Manifest
 from storage.schema import HOUR_NS, STORED_SCHEMA
+from storage.xxh64 import xxh64_int_pairs
 from tests.eventgen import T0
 
 Slice = tuple[int, int, int]
@@ -57,7 +58,7 @@ def _rows(slices: list[Slice]) -> pa.Table:
     batches=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=20),
 )
 def test_vectorised_hash_is_the_item_hash(hour: int, batches: list[int]) -> None:
-    got = items_hash(hour, np.asarray(batches, np.int64)).tolist()
+    got = xxh64_int_pairs(hour, np.asarray(batches, np.int64)).tolist()
     assert got == [xxhash.xxh64_intdigest(struct.pack("<qq", hour, b)) for b in batches]
     assert got == [item_hash(hour, b) for b in batches]
 
