@@ -56,10 +56,11 @@ class PartitionConfig:
     compression: str = "zstd"
     compression_level: int = 1  # level 3 saves under 1% on events and costs a fifth more time
     # Small row groups let a query read a ragged edge without decoding much more than it needs,
-    # big ones compress better. 32k rows (issue 8): 0.29 bytes per event less than 8k on W20, for
-    # in-process p50 over random unaligned ranges of 0.50 vs 0.39 ms (count/sum) and 2.9 vs 2.3 ms
-    # (top-10); 64k saved 0.05 more for 0.70 and 3.7 ms (bench/diskbytes.py).
-    row_group_rows: int = 32_768
+    # big ones compress better. 32k rows save 0.29 bytes per event on W20 (bench/diskbytes.py),
+    # but through HTTP on the full bench the server's own time doubled (count 1.5-2.6 vs 0.5-0.9
+    # ms, top-10 1 h 10.5 vs 5.5 ms: edges decode 4x the rows, and a day of 32k groups overflows
+    # the decoded-group cache), missing the latency targets; 8k meets them at 11.98 bytes/event.
+    row_group_rows: int = 8_192
     rollup_row_group_rows: int = 131_072  # rollups are read whole: big groups compress better
     # A merge holds about this many rows in memory at once, whatever the parts' size (eventmerge.py).
     merge_window_rows: int = 1 << 20
