@@ -53,6 +53,8 @@ class TributaryReport:
     http_floor_ms: float | None = None
     settle_s: float | None = None  # from the last acknowledgement to an empty live buffer
     disk_loaded: int = 0  # right after loading: everything persisted, not yet compacted
+    compacted_s: float | None = None  # from then until background compaction settled
+    parts_loaded: int | None = None  # parts right after loading (the stats line is after compaction)
 
 
 @dataclass
@@ -270,12 +272,14 @@ def render(r: RunReport) -> str:
     if t:
         out.append(f"- server exit code after SIGTERM: {t.stop_code}")
     if t and t.settle_s is not None:
+        parts = "" if t.parts_loaded is None else f" ({t.parts_loaded} parts)"
         out.append(
-            f"- after the last acknowledgement the node persisted its buffer in {t.settle_s} s; queries "
-            "start then (W20 loaded = on disk, as for the peers)"
+            f"- after the last acknowledgement the node persisted its buffer in {t.settle_s} s{parts}; its "
+            f"background compaction then settled in {t.compacted_s} s, and the queries start there "
+            "(W20 loaded = on disk and at rest, as the peers are when they are queried)"
         )
     if t and t.stats:
-        out.append(f"- server `/v1/stats` after loading: `{t.stats}`")
+        out.append(f"- server `/v1/stats` before the queries: `{t.stats}`")
     if r.chart_path:
         out.append(f"- chart: `{r.chart_path}`")
     out += [f"- {n}" for n in r.notes]

@@ -127,14 +127,17 @@ def _run_tributary(
             settle_s = wait_persisted([server.url])
             _log(f"tributary: everything acknowledged was persisted {settle_s} s after the last ingest")
             disk_loaded = disk_usage(data_dir)
+            loaded_stats = _stats(server.url)
+            # Loaded as the peers are when they are queried: their loads end with their data at
+            # rest, so ours ends once the background compaction of the persisted parts settles.
+            sampler.enter("settle")
+            compacted_s = wait_compacted(server.url)
+            _log(f"tributary: background compaction settled {compacted_s} s after the last persist")
             stats = _stats(server.url)
             sampler.enter("queries")
             run = loader.run_queries(server.url, queries)
             mismatches = compare(queries, expected, run.answers)
             _log(f"tributary: {len(queries)} queries, {len(mismatches)} mismatches against the peers")
-            sampler.enter("settle")
-            compacted_s = wait_compacted(server.url)
-            _log(f"tributary: background compaction settled {compacted_s} s after the queries")
             disk_running = disk_usage(data_dir)
             sampler.enter("stop")
         finally:
@@ -158,6 +161,8 @@ def _run_tributary(
         stats=stats,
         stop_code=code,
         settle_s=settle_s,
+        compacted_s=compacted_s,
+        parts_loaded=None if loaded_stats is None else _int(loaded_stats.get("parts")),
     )
 
 
@@ -165,6 +170,10 @@ def _took_cells(queries: list[Query], took_ms: list[float]) -> dict[tuple[str, s
     """The server's own ``took_ms`` per cell, over the queries that reported one."""
     pairs = [(q, t) for q, t in zip(queries, took_ms, strict=True) if not math.isnan(t)]
     return latency_cells([q for q, _ in pairs], [t for _, t in pairs]) if pairs else {}
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) else None
 
 
 def _stats(url: str) -> dict[str, object] | None:
