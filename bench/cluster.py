@@ -34,7 +34,7 @@ import httpx
 from bench import loader
 from bench.queries import KINDS, RANGES, Query, compare, latency_cells, make_queries
 from bench.report import update_results
-from bench.server import DEFAULT_COMMAND, ServerProcess, disk_usage, wait_persisted
+from bench.server import DEFAULT_COMMAND, ServerProcess, disk_usage, wait_compacted, wait_persisted
 from bench.workload import Workload, chunk_paths, ensure
 
 __all__ = ["main"]
@@ -210,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"single node: {res.events:,} events in {res.seconds:.1f}s = {res.events_per_s:,.0f} ev/s")
         if wait_persisted([single.url]) is None:
             raise SystemExit("BENCH ABORTED: the single node did not persist in 300s")
+        # Queried at rest, as bench.run does: once background compaction has settled.
+        _log(f"single node: compaction settled after {wait_compacted([single.url])} s")
         ref = loader.run_queries(single.url, queries)
         r["single_disk"] = disk_usage(out / "single")
     r["single_cells"] = _cells(queries, ref.latencies_ms)
@@ -223,9 +225,11 @@ def main(argv: list[str] | None = None) -> int:
             res = pool.ingest(head)
             r["cluster_eps"] = res.events_per_s
             _log(f"cluster: {res.events:,} events in {res.seconds:.1f}s = {res.events_per_s:,.0f} ev/s via n1")
-            # Queried once everything acknowledged is on disk, on both sides (as bench.run does).
+            # Queried once everything acknowledged is on disk and compacted, on both sides (as
+            # bench.run does).
             if wait_persisted([s.url for s in cluster.live()]) is None:
                 raise SystemExit("BENCH ABORTED: the cluster did not persist in 300s")
+            _log(f"cluster: compaction settled after {wait_compacted([s.url for s in cluster.live()])} s")
             run = loader.run_queries(n2.url, queries)
             r["cluster_cells"] = _cells(queries, run.latencies_ms)
             r["queries"], r["mismatches"] = len(queries), len(compare(queries, ref.answers, run.answers))

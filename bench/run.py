@@ -131,7 +131,7 @@ def _run_tributary(
             # Loaded as the peers are when they are queried: their loads end with their data at
             # rest, so ours ends once the background compaction of the persisted parts settles.
             sampler.enter("settle")
-            compacted_s = wait_compacted(server.url)
+            compacted_s = wait_compacted([server.url])
             _log(f"tributary: background compaction settled {compacted_s} s after the last persist")
             stats = _stats(server.url)
             sampler.enter("queries")

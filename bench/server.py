@@ -65,15 +65,17 @@ def wait_persisted(urls: list[str], timeout_s: float = 300.0) -> float | None:
     return None
 
 
-def wait_compacted(url: str, quiet_s: float = 35.0, timeout_s: float = 240.0) -> float | None:
-    """Seconds until the node's background compaction has settled: its part count unchanged for
-    ``quiet_s`` (longer than the compactor's 30 s period). None if it still changes after
-    ``timeout_s``. Disk measured then is what a node keeps for the data, not a persist's pieces."""
+def wait_compacted(urls: list[str], quiet_s: float = 35.0, timeout_s: float = 240.0) -> float | None:
+    """Seconds until the background compaction of every node at ``urls`` has settled: their
+    part counts unchanged for ``quiet_s`` (longer than the compactor's 30 s period). None if
+    they still change after ``timeout_s``. Disk and queries measured then see what a node keeps
+    for the data at rest, not a persist's pieces."""
     t0 = time.perf_counter()
-    last, since = None, t0
+    last: list[int] | None = None
+    since = t0
     while time.perf_counter() - t0 < timeout_s:
         with contextlib.suppress(httpx.HTTPError):
-            parts = httpx.get(f"{url}/v1/stats", timeout=10.0).json()["parts"]
+            parts = [int(httpx.get(f"{u}/v1/stats", timeout=10.0).json()["parts"]) for u in urls]
             if parts != last:
                 last, since = parts, time.perf_counter()
             elif time.perf_counter() - since >= quiet_s:
