@@ -28,8 +28,26 @@ def _rows(parts: list[Part]) -> list[int]:
 
 
 def test_small_parts_merge_and_the_big_part_waits() -> None:
-    parts = _parts([15_000_000] + [250_000] * 19)
-    assert _rows(choose(parts, CFG)) == [250_000] * 19  # 4.75M: not yet half of 15M
+    parts = _parts([15_000_000] + [250_000] * 15)
+    assert _rows(choose(parts, CFG)) == [250_000] * 15  # 3.75M: not yet half of 15M
+
+
+def test_a_merge_takes_at_most_max_parts_and_an_hour_gives_several() -> None:
+    """Many small parts (a busy hour between two rounds): merges of at most ``max_parts``, all
+    of them in the same round, disjoint, smallest first."""
+    parts = _parts([1_000] * 40)
+    assert len(choose(parts, CFG)) == CFG.max_parts
+
+    class _Manifest:  # what Compactor.candidates reads
+        class state:
+            @staticmethod
+            def hours() -> dict[int, list[Part]]:
+                return {0: parts}
+
+    groups = Compactor(None, _Manifest(), CFG).candidates()  # type: ignore[arg-type]
+    assert [len(g) for g in groups] == [16, 16, 8]
+    ids = [p.id for g in groups for p in g]
+    assert sorted(ids) == list(range(40))
 
 
 def test_the_big_part_joins_once_the_small_ones_add_up() -> None:
