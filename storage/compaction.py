@@ -27,7 +27,7 @@ class CompactionConfig:
     # memory grows with the parts merged (a soak at 290k events/s left ~100 small parts an hour
     # per round, and merging them at once took the node from 0.6 to 1.7 GB); more parts make
     # more merges in the same round.
-    max_parts: int = 16
+    max_parts: int = 32
 
 
 def choose(parts: Sequence[Part], config: CompactionConfig) -> list[Part]:

@@ -45,7 +45,7 @@ def test_a_merge_takes_at_most_max_parts_and_an_hour_gives_several() -> None:
                 return {0: parts}
 
     groups = Compactor(None, _Manifest(), CFG).candidates()  # type: ignore[arg-type]
-    assert [len(g) for g in groups] == [16, 16, 8]
+    assert [len(g) for g in groups] == [32, 8]
     ids = [p.id for g in groups for p in g]
     assert sorted(ids) == list(range(40))
 
