@@ -114,7 +114,7 @@ class NodeCollector(Collector):
             ("tributary_retention_dropped_rows", "retention.rows_dropped", "Rows dropped by retention."),
             ("tributary_query_duckdb_answers", "engine.duckdb_answers", "Exact answers that needed DuckDB."),
             ("tributary_index_loads", "engine.indexes.cache.loads", "Part indexes loaded from their rollup files."),
-            ("tributary_slice_index_reloads", "holdings.reloads", "Cold hours of the slice index reread from batch files."),
+            ("tributary_slice_index_reloads", "holdings.reloads", "Slice index hours reread from batch files."),
         ]
         for name, path, doc in counters:
             value = _get(n, path)
