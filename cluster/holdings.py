@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from cluster.sliceindex import FRESH_ENTRY_BYTES, BatchesExtra, HourIds, hour_digest, read_hour
+from cluster.sliceindex import FRESH_ENTRY_BYTES, HOUR_SQL, BatchesExtra, HourIds, hour_digest, read_hour
 from ingest.errors import Overloaded
 from storage.manifest import Manifest, ManifestState
 from storage.schema import HOUR_NS
@@ -48,7 +48,6 @@ __all__ = ["BatchesExtra", "Holdings", "HoldingsConfig", "Slice", "item_hash"]
 Slice = tuple[int, int, int]  # (shard, hour, batch_id)
 _MASK = (1 << 64) - 1
 _PAIR = struct.Struct("<qq")
-_HOUR_SQL = f"timestamp - timestamp % {HOUR_NS}"  # the partition hour, exactly as storage computes it
 _UNPERSISTED = 2**63 - 1  # the WAL sequence of slices with no part behind them (they never go cold)
 
 
@@ -161,7 +160,7 @@ class Holdings:
         with self._con_lock:
             self._con.register("slice_src", rows)
             try:
-                got = self._con.sql(f"SELECT DISTINCT shard, {_HOUR_SQL}, batch_id FROM slice_src").fetchall()
+                got = self._con.sql(f"SELECT DISTINCT shard, {HOUR_SQL}, batch_id FROM slice_src").fetchall()
             finally:
                 self._con.unregister("slice_src")
         return [(int(s), int(h), int(b)) for s, h, b in got]
@@ -183,7 +182,7 @@ class Holdings:
             self._fresh += 1
             shards = self._digest.setdefault(h, {})
             total, n = shards.get(s, (0, 0))
-            shards[s] = ((total + xxhash.xxh64_intdigest(_PAIR.pack(h, b))) & _MASK, n + 1)
+            shards[s] = ((total + item_hash(h, b)) & _MASK, n + 1)
         if self._fresh > self.config.fresh_entries:
             for ids in self._hours.values():
                 before = ids.nbytes

@@ -30,7 +30,7 @@ from storage.manifest import Part
 from storage.schema import HOUR_NS
 from storage.xxh64 import xxh64_int_pairs
 
-__all__ = ["BatchesExtra", "HourIds", "hour_digest", "read_hour"]
+__all__ = ["HOUR_SQL", "BatchesExtra", "HourIds", "hour_digest", "read_hour"]
 
 I64 = npt.NDArray[np.int64]
 U16 = npt.NDArray[np.uint16]
@@ -40,7 +40,7 @@ U64 = npt.NDArray[np.uint64]
 # so the budget covers the fresh dict too.
 FRESH_ENTRY_BYTES = 120
 
-_HOUR_SQL = f"timestamp - timestamp % {HOUR_NS}"  # the partition hour, exactly as storage computes it
+HOUR_SQL = f"timestamp - timestamp % {HOUR_NS}"  # the partition hour, exactly as storage computes it
 
 
 def _fsync(path: str) -> None:
@@ -55,7 +55,7 @@ class BatchesExtra:
 
     def build(self, con: duckdb.DuckDBPyConnection, rows_relation: str, path: str) -> None:
         con.execute(
-            f"COPY (SELECT shard, {_HOUR_SQL} AS hour, batch_id, count(*)::BIGINT AS rows "
+            f"COPY (SELECT shard, {HOUR_SQL} AS hour, batch_id, count(*)::BIGINT AS rows "
             f"FROM {rows_relation} GROUP BY ALL ORDER BY ALL) TO '{path}' (FORMAT parquet)"
         )
         _fsync(path)
@@ -185,7 +185,7 @@ def read_hour(con: duckdb.DuckDBPyConnection, root: Path, parts: Iterable[Part],
     if without:  # parts written before batch files existed: read the ids from the rows
         files = ", ".join(f"'{f}'" for f in without)
         pieces.append(
-            f"SELECT batch_id, shard FROM read_parquet([{files}], hive_partitioning = false) WHERE {_HOUR_SQL} = {hour}"
+            f"SELECT batch_id, shard FROM read_parquet([{files}], hive_partitioning = false) WHERE {HOUR_SQL} = {hour}"
         )
     if not pieces:
         return np.empty(0, np.int64), np.empty(0, np.uint16)
