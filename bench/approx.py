@@ -41,6 +41,7 @@ import psutil
 import pyarrow as pa
 
 from bench.report import machine, update_results
+from bench.server import bytes_by_kind
 from bench.workload import DAY_NS, Workload
 from cluster.node import Node, NodeConfig
 from ingest.persister import PersistConfig
@@ -106,10 +107,7 @@ def load(data: Path, workload: Workload, days: int, persist_rows: int) -> dict[s
     compact_s = time.perf_counter() - t1
     parts_after = len(node.manifest.state.parts)
     node.close(persist=False)
-    sizes: dict[str, int] = {}
-    for f in (data / "partitions").rglob("*.parquet"):
-        kind = f.name.rsplit("-", 1)[0]
-        sizes[kind] = sizes.get(kind, 0) + f.stat().st_size
+    sizes = bytes_by_kind(data)
     first = workload.day_start_ns - (days - 1) * DAY_NS
     return {
         "load_s": time.perf_counter() - t0,

@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from bench.server import bytes_by_kind
 from bench.workload import Workload, chunk_paths, ensure
 from cluster.node import Node, NodeConfig
 from ingest.errors import Overloaded
@@ -82,15 +83,6 @@ def load(args: argparse.Namespace, data: Path, workload: Workload) -> tuple[Node
     return node, events, end, overloads
 
 
-def sizes(data: Path) -> dict[str, int]:
-    """Bytes of the Parquet files under ``data/partitions`` by kind (the name before ``-<part>``)."""
-    out: dict[str, int] = {}
-    for f in (data / "partitions").rglob("*.parquet"):
-        kind = f.name.rsplit("-", 1)[0]
-        out[kind] = out.get(kind, 0) + f.stat().st_size
-    return out
-
-
 def latency(node: Node, workload: Workload, end: int, queries: int, seed: int = 8) -> dict[str, tuple[float, float]]:
     """p50 and p95 in ms of count/sum and top-k over random unaligned ranges."""
     rng = np.random.default_rng(seed)
@@ -133,7 +125,7 @@ def main() -> None:
             f"loaded {events:,} events ({args.hours} h of {workload.name}) in {time.perf_counter() - t0:.0f} s: "
             f"{parts} parts, {overloads} early persists (buffer full)"
         )
-        by_kind = sizes(data)
+        by_kind = bytes_by_kind(data)
         for kind, n in sorted(by_kind.items()):
             print(f"  {kind:<16} {n / events:6.3f} B/event")
         print(f"  {'total':<16} {sum(by_kind.values()) / events:6.3f} B/event")

@@ -41,6 +41,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def bytes_by_kind(data_dir: Path) -> dict[str, int]:
+    """Bytes of a node's Parquet files under ``data_dir/partitions`` by kind (the file name
+    before ``-<part>``: events, rollup_minute, rollup_producer, sketch_v2, batches)."""
+    out: dict[str, int] = {}
+    for f in (data_dir / "partitions").rglob("*.parquet"):
+        kind = f.name.rsplit("-", 1)[0]
+        out[kind] = out.get(kind, 0) + f.stat().st_size
+    return out
+
+
 def disk_usage(path: Path) -> int:
     """Bytes allocated on disk under ``path`` (like ``du -s --block-size=1``)."""
     total = 0
