@@ -9,7 +9,7 @@ Parts are sorted, aggregated and encoded with Arrow and numpy, not DuckDB: a Duc
 over a registered Arrow table converts every string again for each of the three files, and was
 the cap of sustained ingest. The encodings are chosen per column (delta-packed timestamps,
 delta-length producer ids, dictionaries for the rest, delta lengths in the producer rollup):
-about 8.25 bytes per event for the raw rows and 2.3 for both rollups on workload W20.
+about 8.5 bytes per event for the raw rows and 2.3 for both rollups on workload W20.
 """
 
 from __future__ import annotations
