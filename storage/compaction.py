@@ -84,10 +84,22 @@ class Compactor:
         return merged
 
     def run_once(self, force: bool = False) -> int:
-        """Merge every hour that qualifies (every hour with 2+ parts when ``force``); returns
-        the number of hours merged."""
-        hours = self.manifest.state.hours().values()
-        groups = [ps for ps in hours if len(ps) >= 2] if force else self.candidates()
-        for parts in groups:
-            self.compact_hour(parts)
-        return len({g[0].hour for g in groups})
+        """Merge every hour that qualifies; returns the number of hours merged. ``force`` merges
+        every hour with 2+ parts down to one part, still ``max_parts`` at a time (smallest
+        first), so a forced round's memory is bounded like a background one's."""
+        if not force:
+            groups = self.candidates()
+            for parts in groups:
+                self.compact_hour(parts)
+            return len({g[0].hour for g in groups})
+        merged_hours = 0
+        for parts in list(self.manifest.state.hours().values()):
+            left = sorted(parts, key=lambda p: (p.rows, p.id))
+            if len(left) < 2:
+                continue
+            while len(left) >= 2:
+                cap = max(2, self.config.max_parts)
+                group, left = left[:cap], left[cap:]
+                left = sorted([*left, self.compact_hour(group)], key=lambda p: (p.rows, p.id))
+            merged_hours += 1
+        return merged_hours

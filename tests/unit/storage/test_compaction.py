@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -109,4 +110,34 @@ def test_memory_is_handed_back_after_each_hour_merged(tmp_path: Path, monkeypatc
     monkeypatch.setattr(storage.compaction, "release_memory", release)
     assert Compactor(store, manifest).run_once(force=True) == 2
     assert parts_at_release == [3, 2]  # after the first hour's commit, then after the second's
+    store.close()
+
+
+def test_a_forced_round_merges_an_hour_down_to_one_part_max_parts_at_a_time(tmp_path: Path) -> None:
+    """``POST /v1/admin/compact`` merges every hour to one part, but never more than
+    ``max_parts`` parts in one merge (a merge holds its inputs' rollups and sketches whole), and
+    the merged part holds exactly the rows of the parts it replaced."""
+    manifest = Manifest(tmp_path)
+    store = PartitionStore(tmp_path, manifest)
+    rng = random.Random(5)
+    tables = [stored(random_events(rng, 50, start=HOUR_NS * 10, span=HOUR_NS), batch_id=b) for b in range(9)]
+    for table in tables:
+        manifest.commit(add=store.write(table))
+    assert [len(ps) for ps in manifest.state.hours().values()] == [9]
+    sizes: list[int] = []
+    merge = store.merge
+
+    def counting_merge(parts: list[Part]) -> Part:
+        sizes.append(len(parts))
+        return merge(parts)
+
+    store.merge = counting_merge  # type: ignore[method-assign]
+    assert Compactor(store, manifest, CompactionConfig(max_parts=3)).run_once(force=True) == 1
+    assert max(sizes) == 3 and len(sizes) == 4  # 9 parts -> 7 -> 5 -> 3 -> 1
+    (part,) = manifest.state.parts
+    assert part.rows == 9 * 50
+    merged = pq.read_table(part.path(tmp_path, "events")).to_pylist()
+    got = sorted((r["timestamp"], r["producer_id"]) for r in merged)
+    want = sorted((r["timestamp"], r["producer_id"]) for t in tables for r in t.to_pylist())
+    assert got == want
     store.close()
