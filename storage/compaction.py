@@ -93,13 +93,15 @@ class Compactor:
                 self.compact_hour(parts)
             return len({g[0].hour for g in groups})
         merged_hours = 0
+        cap = max(2, self.config.max_parts)
         for parts in list(self.manifest.state.hours().values()):
-            left = sorted(parts, key=lambda p: (p.rows, p.id))
+            left = list(parts)
             if len(left) < 2:
                 continue
-            while len(left) >= 2:
-                cap = max(2, self.config.max_parts)
-                group, left = left[:cap], left[cap:]
-                left = sorted([*left, self.compact_hour(group)], key=lambda p: (p.rows, p.id))
+            while len(left) > cap:  # the smallest first, each group in the hour's order
+                smallest = {p.id for p in sorted(left, key=lambda p: (p.rows, p.id))[:cap]}
+                merged = self.compact_hour([p for p in left if p.id in smallest])
+                left = [*(p for p in left if p.id not in smallest), merged]
+            self.compact_hour(left)
             merged_hours += 1
         return merged_hours
