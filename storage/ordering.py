@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from storage.schema import HOUR_NS
 
-__all__ = ["EVENTS_SORTED_BY", "EVENTS_SORT_KEY", "lex_order", "string_ranks", "time_category_order"]
+__all__ = ["EVENTS_SORTED_BY", "EVENTS_SORT_KEY", "lex_order", "radix_order", "string_ranks", "time_category_order"]
 
 Ints = npt.NDArray[Any]
 
@@ -64,6 +64,32 @@ def lex_order(*keys: Ints) -> Ints:
             packed |= k.astype(np.int64, copy=False) - np.int64(lo)
         return np.argsort(packed, kind="stable")
     return np.lexsort(tuple(k.astype(np.int64, copy=False) for k in reversed(keys)))
+
+
+def radix_order(*keys: Ints) -> Ints:
+    """Stable argsort by ``keys[0]``, then ``keys[1]``, ... (integer keys of any width, signed
+    or not): a least-significant-digit radix sort, 16 bits a pass, each pass numpy's stable
+    argsort of a ``uint16`` digit, which is a linear counting sort. A key spanning at most 2^16
+    values costs one pass (~5 ms per 330k rows here), a 64-bit hash four.
+
+    It replaced polars' sorts in the sketch build: about as fast for the keys that occur there,
+    and a server that never imports polars is ~50 MiB smaller (its library, thread pool and
+    allocator), which issue 8's memory target needs more than the few ms.
+    """
+    n = len(keys[0])
+    order: Ints | None = None
+    for key in reversed(keys):
+        if n == 0:
+            break
+        lo = key.min()
+        shifted = key - lo if key.dtype.kind == "u" else (key.astype(np.int64) - np.int64(lo)).view(np.uint64)
+        bits = int(shifted.max()).bit_length()
+        for shift in range(0, max(bits, 1), 16):
+            part = shifted if order is None else shifted[order]
+            digit = (part >> np.uint64(shift)).astype(np.uint16) if shift else part.astype(np.uint16)
+            step = np.argsort(digit, kind="stable")
+            order = step if order is None else order[step]
+    return order if order is not None else np.arange(n, dtype=np.int64)
 
 
 def _hour_runs(sorted_hours: Ints) -> list[tuple[int, int, int]]:

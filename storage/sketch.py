@@ -41,6 +41,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from storage.ordering import radix_order
 from storage.schema import HOUR_NS, PRODUCER_MAX_BYTES
 from storage.xxh64 import xxh64_strings
 
@@ -259,17 +260,19 @@ _KEY_LIMIT = 1 << 62
 
 class _Groups:
     """(category, shard, hour) triples of some rows as non-negative int64 keys that sort as the
-    triples do, and back."""
+    triples do, and back. Keys are dense (categories x shards x hours present in the rows'
+    ranges), so a part's groups usually fit 16 bits and sort in one radix pass."""
 
     def __init__(self, rows: pa.Table) -> None:
         categories = pc.unique(combined(rows["category"]))
         # Categories in order, so that a category's position sorts as the category does.
         self.categories = categories.take(pc.sort_indices(categories))
         hour = combined(rows["timestamp"]).to_numpy() // HOUR_NS  # floor, also before 1970
+        self.shards = int(pc.max(rows["shard"]).as_py()) + 1
         self.first_hour = int(hour.min())
         self.span = int(hour.max()) - self.first_hour + 1
         self.hours: _Ints | None = None
-        if len(self.categories) * (1 << 16) * self.span >= _KEY_LIMIT:
+        if len(self.categories) * self.shards * self.span >= _KEY_LIMIT:
             # Millions of categories over centuries: number the hours present instead.
             self.hours = np.unique(hour)
             self.span = len(self.hours)
@@ -282,12 +285,14 @@ class _Groups:
         hour = ts // HOUR_NS
         index = np.searchsorted(self.hours, hour) if self.hours is not None else hour - self.first_hour
         shards = combined(shard).to_numpy().astype(np.int64)
-        key: _Ints = (position.to_numpy().astype(np.int64) * (1 << 16) + shards) * self.span + index
+        if len(shards) and int(shards.max()) >= self.shards:
+            raise ValueError("a shard the rows do not have")
+        key: _Ints = (position.to_numpy().astype(np.int64) * self.shards + shards) * self.span + index
         return key
 
     def decode(self, keys: _Ints) -> tuple[list[str], list[int], list[int]]:
         """(categories, shards, hours) of ``keys``."""
-        category, rest = np.divmod(keys, (1 << 16) * self.span)
+        category, rest = np.divmod(keys, self.shards * self.span)
         shard, index = np.divmod(rest, self.span)
         hour = self.hours[index] if self.hours is not None else index + self.first_hour
         return self.categories.take(pa.array(category)).to_pylist(), shard.tolist(), (hour * HOUR_NS).tolist()
@@ -296,8 +301,6 @@ class _Groups:
 def _count_pairs(key: _Ints, keys: _Ints, producer_id: pa.Array) -> tuple[_Ints, pa.Array, _Ints]:
     """Exact counts of each distinct (group, producer) of the rows, ranked within each group by
     ``_rank``: (group positions in ``keys``, producers, counts)."""
-    import polars as pl  # here, not at the top: importing polars costs ~25 MiB of idle RSS
-
     producers = producer_id.dictionary_encode()
     codes = producers.indices.to_numpy().astype(np.int64)
     distinct = max(len(producers.dictionary), 1)
@@ -305,7 +308,7 @@ def _count_pairs(key: _Ints, keys: _Ints, producer_id: pa.Array) -> tuple[_Ints,
     # position among the groups (< rows, so it fits).
     by_key = int(keys[-1]) < _KEY_LIMIT // distinct
     group_of = key if by_key else np.searchsorted(keys, key)
-    pair_keys = pl.Series(group_of * distinct + codes).sort().to_numpy()
+    pair_keys = np.sort(group_of * distinct + codes)
     firsts = np.flatnonzero(np.diff(pair_keys, prepend=-1))
     counts = np.diff(np.append(firsts, len(pair_keys)))
     pair_group, pair_code = np.divmod(pair_keys[firsts], distinct)
@@ -332,29 +335,14 @@ def _ranked_pairs(groups: _Groups, keys: _Ints, table: pa.Table, rows: int) -> t
 def _rank(group: _Ints, counts: _Ints, tie: npt.NDArray[np.uint64]) -> _Ints:
     """The order of (group, producer) pairs by group, most events first, then by the producer's
     hash, so that which producers are kept (and the bytes) do not depend on the rows' order."""
-    import polars as pl
-
-    # (group, most events first) as one integer: group positions and counts are below 2^31.
-    rank_key = group * (int(counts.max()) + 1) - counts
-    order: _Ints = pl.DataFrame({"k": rank_key, "t": tie}).with_row_index().sort(["k", "t"])["index"].to_numpy()
-    return order
+    return radix_order(group, int(counts.max()) - counts, tie)
 
 
 def _sorted_values(key: _Ints, value: _Ints) -> tuple[_Ints, _Ints, _Ints]:
     """The distinct keys in order, each one's row count, and the rows' values sorted by
     (key, value)."""
-    import polars as pl
-
-    low, high = int(value.min()), int(value.max())
-    width = high - low + 1
-    if (int(key.max()) + 1) * width < _KEY_LIMIT:
-        # One sort of a combined integer (polars sorts int64 several times faster than lexsort).
-        combined = pl.Series(key * width + (value - low)).sort().to_numpy()
-        by_key, values = np.divmod(combined, width)
-        values += low
-    else:
-        order = np.lexsort((value, key))
-        by_key, values = key[order], value[order]
+    order = radix_order(key, value)
+    by_key, values = key[order], value[order]
     firsts = np.flatnonzero(np.diff(by_key, prepend=-1))
     sizes = np.diff(np.append(firsts, len(by_key)))
     return by_key[firsts], sizes, values.astype(np.int64)

@@ -134,6 +134,17 @@ def _items(sketch: ds.frequent_strings_sketch) -> tuple[list[str], list[int]]:
     return [i[0] for i in items], [int(i[1]) for i in items]
 
 
+def _run_starts(table: pa.Table) -> _Ints:
+    """Where each run of equal (category, shard, hour) starts in ``table``, sorted by those."""
+    n = table.num_rows
+    changed = np.zeros(max(n - 1, 0), np.bool_)
+    for k in SKETCH_KEYS:
+        column = table[k].chunk(0) if table[k].num_chunks == 1 else table[k].combine_chunks()
+        changed |= pc.not_equal(column.slice(1), column.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    starts: _Ints = np.concatenate(([0], np.flatnonzero(changed) + 1)).astype(np.int64)
+    return starts
+
+
 def merge_sketch_tables(tables: Sequence[pa.Table], config: SketchConfig = SketchConfig()) -> pa.Table:
     """Merge sketch tables into one row per (category, shard, hour), sorted by those keys.
 
@@ -149,25 +160,19 @@ def merge_sketch_tables(tables: Sequence[pa.Table], config: SketchConfig = Sketc
     what the inputs left out; the bounds stay hard. Raises ``StorageError`` if a stored sketch
     cannot be read.
     """
-    import polars as pl
-
     parts = [t.select(SKETCH_SCHEMA.names).cast(SKETCH_SCHEMA) for t in tables if t.num_rows]
     if not parts:
         return SKETCH_SCHEMA.empty_table()
-    table = pa.concat_tables(parts).sort_by([(k, "ascending") for k in SKETCH_KEYS])
-    keys_df = pl.from_arrow(table.select(list(SKETCH_KEYS)))
-    assert isinstance(keys_df, pl.DataFrame)
-    runs = (
-        keys_df.with_row_index("i")
-        .group_by(list(SKETCH_KEYS), maintain_order=True)
-        .agg(first=pl.col("i").first(), count=pl.len())
-    )
-    if runs.height == table.num_rows:
-        return table.combine_chunks()
+    table = pa.concat_tables(parts).sort_by([(k, "ascending") for k in SKETCH_KEYS]).combine_chunks()
+    firsts = _run_starts(table)
+    if len(firsts) == table.num_rows:
+        return table
+    run_counts = np.diff(np.append(firsts, table.num_rows))
+    at_firsts = table.select(list(SKETCH_KEYS)).take(pa.array(firsts))
+    categories, shards, hours = (at_firsts[k].to_pylist() for k in SKETCH_KEYS)
 
     # Columns stay in Arrow and are read a group at a time: as Python objects, a compaction of
     # many parts' sketch rows took over a GB (the list columns most of it).
-    table = table.combine_chunks()
     n_col = table["n"].to_numpy()
     cpc_col, kll_col = table["cpc"].chunk(0), table["kll"].chunk(0)
     kll_null = kll_col.is_null().to_numpy(zero_copy_only=False)
@@ -187,7 +192,8 @@ def merge_sketch_tables(tables: Sequence[pa.Table], config: SketchConfig = Sketc
     top_counts: list[list[int] | None] = []
     # Each merged row's sorted values when it keeps them, else None.
     kept_values: list[_Ints | None] = []
-    for category, shard, hour, first, count in runs.iter_rows():
+    runs = zip(categories, shards, hours, firsts.tolist(), run_counts.tolist(), strict=True)
+    for category, shard, hour, first, count in runs:
         span = range(first, first + count)
         ns.append(int(n_col[first : first + count].sum()))
         if count == 1:
@@ -236,9 +242,9 @@ def merge_sketch_tables(tables: Sequence[pa.Table], config: SketchConfig = Sketc
     small = np.array([v is not None for v in kept_values])
     values = np.concatenate([np.empty(0, np.int64), *(v for v in kept_values if v is not None)])
     return sketch_table(
-        runs["category"].to_list(),
-        runs["shard"].to_list(),
-        runs["hour"].to_list(),
+        categories,
+        shards,
+        hours,
         ns,
         cpcs,
         frequents,
