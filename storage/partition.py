@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +40,7 @@ from storage.rollup import (
     minute_rollup,
     producer_rollup,
 )
+from storage.rollupmerge import merge_producer_rollups
 from storage.schema import STORED_SCHEMA
 
 __all__ = ["PartExtra", "PartitionConfig", "PartitionStore", "hour_folder", "sort_rows"]
@@ -164,44 +165,73 @@ class PartitionStore:
         meta = {**(rows.schema.metadata or {}), EVENTS_SORT_KEY: EVENTS_SORTED_BY}
         self._write_file(rows.replace_schema_metadata(meta), rel, _EVENTS_OPTIONS, self.config.row_group_rows)
 
-    def _merge_events(self, parts: Sequence[Part], rel: str) -> None:
-        """The parts' events merged into one file, sorted by (category, timestamp), in bounded
-        memory (``storage/eventmerge.py``); written in whole row groups."""
+    def _merged_file(
+        self, rel: str, schema: pa.Schema, options: dict[str, Any], row_group_rows: int
+    ) -> contextlib.AbstractContextManager[Callable[[pa.Table], None]]:
+        """A writer of ``rel`` taking tables in order and writing them in whole row groups of
+        ``row_group_rows`` (the last may be shorter); fsynced and renamed into place on a clean
+        exit, so a merged file exists only complete."""
         tmp = str(self.root / rel) + ".tmp"
         c = self.config
+        flush_rows = max(row_group_rows, 16 * c.row_group_rows)  # written a few row groups at a time
+
+        @contextlib.contextmanager
+        def opened() -> Iterator[Callable[[pa.Table], None]]:
+            pending: list[pa.Table] = []
+            with pq.ParquetWriter(
+                tmp, schema, compression=c.compression, compression_level=c.compression_level, **options
+            ) as writer:
+
+                def flush(final: bool) -> None:
+                    rows = pa.concat_tables(pending)
+                    n = rows.num_rows if final else rows.num_rows - rows.num_rows % row_group_rows
+                    if n:
+                        writer.write_table(rows.slice(0, n), row_group_size=row_group_rows)
+                    pending[:] = [rows.slice(n)] if n < rows.num_rows else []
+
+                def take(rows: pa.Table) -> None:
+                    pending.append(rows)
+                    if sum(t.num_rows for t in pending) >= flush_rows:
+                        flush(final=False)
+
+                yield take
+                if pending:
+                    flush(final=True)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.root / rel)
+
+        return opened()
+
+    def _categories(self, parts: Sequence[Part]) -> list[str]:
+        """Every category of the parts' rows: their minute rollups name them."""
         categories: set[str] = set()
-        for p in parts:  # the minute rollup names every category of its part's rows
+        for p in parts:
             minute = pq.read_table(p.path(self.root, "rollup_minute"), columns=["category"])
             categories.update(pc.unique(minute["category"]).to_pylist())
+        return sorted(categories)
+
+    def _merge_events(self, parts: Sequence[Part], categories: list[str], rel: str) -> None:
+        """The parts' events merged into one file, sorted by (category, timestamp), in bounded
+        memory (``storage/eventmerge.py``); written in whole row groups."""
+        c = self.config
         schema = STORED_SCHEMA.with_metadata({**(STORED_SCHEMA.metadata or {}), EVENTS_SORT_KEY: EVENTS_SORTED_BY})
-        pending: list[pa.Table] = []
-        with pq.ParquetWriter(
-            tmp, schema, compression=c.compression, compression_level=c.compression_level, **_EVENTS_OPTIONS
-        ) as writer:
-
-            def flush(final: bool) -> None:
-                rows = pa.concat_tables(pending)
-                n = rows.num_rows if final else rows.num_rows - rows.num_rows % c.row_group_rows
-                if n:
-                    writer.write_table(rows.slice(0, n), row_group_size=c.row_group_rows)
-                pending[:] = [rows.slice(n)] if n < rows.num_rows else []
-
-            def take(rows: pa.Table) -> None:
-                pending.append(rows)
-                if sum(t.num_rows for t in pending) >= 16 * c.row_group_rows:
-                    flush(final=False)
-
-            written = merge_events(
-                [p.path(self.root, "events") for p in parts], sorted(categories), take, c.merge_window_rows
-            )
-            if pending:
-                flush(final=True)
+        with self._merged_file(rel, schema, _EVENTS_OPTIONS, c.row_group_rows) as take:
+            written = merge_events([p.path(self.root, "events") for p in parts], categories, take, c.merge_window_rows)
         expected = sum(p.rows for p in parts)
         if written != expected:
             raise StorageError(f"merging parts {[p.id for p in parts]} gave {written} rows, not {expected}")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.root / rel)
+
+    def _merge_producers(self, parts: Sequence[Part], categories: list[str], rel: str) -> None:
+        """The parts' producer rollups summed into one, a category at a time
+        (``storage/rollupmerge.py``)."""
+        paths = [p.path(self.root, "rollup_producer") for p in parts]
+        group_rows = self.config.rollup_row_group_rows
+        with self._merged_file(rel, PRODUCER_ROLLUP_SCHEMA, _PRODUCER_OPTIONS, group_rows) as take:
+            counted = merge_producer_rollups(paths, categories, take)
+        expected = sum(p.rows for p in parts)
+        if counted != expected:
+            raise StorageError(f"merging parts {[p.id for p in parts]} counted {counted} events, not {expected}")
 
     def write(self, rows: pa.Table, by_category: Ints | None = None) -> list[Part]:
         """Write ``rows`` (STORED_SCHEMA, any hours) as one new part per hour they touch;
@@ -263,13 +293,12 @@ class PartitionStore:
         with self._lock:
             cur = self._con.cursor()
             try:
-                self._merge_events(parts, files["events"])
+                categories = self._categories(parts)
+                self._merge_events(parts, categories, files["events"])
                 minutes = merge_rollups(read("rollup_minute", MINUTE_ROLLUP_SCHEMA), MINUTE_ROLLUP_SCHEMA)
                 self._write_file(minutes, files["rollup_minute"], _MINUTE_OPTIONS)
                 del minutes
-                producers = merge_rollups(read("rollup_producer", PRODUCER_ROLLUP_SCHEMA), PRODUCER_ROLLUP_SCHEMA)
-                self._write_file(producers, files["rollup_producer"], _PRODUCER_OPTIONS)
-                del producers
+                self._merge_producers(parts, categories, files["rollup_producer"])
                 for extra in self.extras:
                     tmp = str(self.root / files[extra.kind]) + ".tmp"
                     if all(extra.kind in p.files for p in parts):

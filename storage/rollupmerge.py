@@ -1,0 +1,60 @@
+"""Merging producer rollup files in bounded memory: a category at a time.
+
+A part's producer rollup is sorted by (category, shard, hour), so the rows of one category sit
+in a few row groups of each file, found by the groups' min/max statistics. A merge reads one
+category's rows from every part, sums them per (category, shard, hour, producer_id) and hands
+them on, so it holds about one category of the hour at once instead of the whole hour: the sum
+of the parts' rollups and Arrow's hash table over all of them was the largest block of a
+merge's memory (issue 8). The result is the same rows in the same order as merging all at once
+(``storage.rollup.merge_rollups``): categories come in order, and within one a group's rows keep
+their first-seen order across the parts.
+
+Row groups without statistics are read for every category and filtered: slower, still exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from storage.rollup import PRODUCER_ROLLUP_SCHEMA, merge_rollups
+
+__all__ = ["merge_producer_rollups"]
+
+_LOW, _HIGH = "", "\U0010ffff" * 64  # bounds for a row group without statistics
+
+
+def _category_bounds(meta: pq.FileMetaData) -> list[tuple[str, str]]:
+    """(min, max) category of each row group."""
+    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+    ci = names.index("category")
+    out = []
+    for g in range(meta.num_row_groups):
+        stats = meta.row_group(g).column(ci).statistics
+        out.append((str(stats.min), str(stats.max)) if stats is not None and stats.has_min_max else (_LOW, _HIGH))
+    return out
+
+
+def merge_producer_rollups(paths: Sequence[str], categories: Sequence[str], write: Callable[[pa.Table], None]) -> int:
+    """Hand ``write`` the merged producer rollup of the files at ``paths``, a category at a time
+    in category order (``PRODUCER_ROLLUP_SCHEMA``, sorted by (category, shard, hour)); returns
+    the events it counts. ``categories`` must name every category in the files (the parts'
+    minute rollups do); rows of others would be left out, so the caller checks the count."""
+    files = [pq.ParquetFile(p) for p in paths]
+    bounds = [_category_bounds(f.metadata) for f in files]
+    events = 0
+    for cat in sorted(set(categories)):
+        pieces = []
+        for f, groups in zip(files, bounds, strict=True):
+            wanted = [g for g, (lo, hi) in enumerate(groups) if lo <= cat <= hi]
+            if wanted:
+                t = f.read_row_groups(wanted, columns=PRODUCER_ROLLUP_SCHEMA.names, use_threads=False)
+                pieces.append(t.filter(pc.equal(t["category"], cat)))
+        merged = merge_rollups(pieces, PRODUCER_ROLLUP_SCHEMA) if pieces else None
+        if merged is not None and merged.num_rows:
+            write(merged)
+            events += int(pc.sum(merged["count"]).as_py())
+    return events
