@@ -3,6 +3,7 @@ compaction, bounded in memory, and refused (so DuckDB answers) for parts in an o
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -181,4 +182,25 @@ def test_cache_retain_forgets_parts_left_out(tmp_path: Path) -> None:
     index = cache.index(part)
     assert np.array_equal(index.shards, np.unique(pq.read_table(part.path(tmp_path, "events"))["shard"].to_numpy()))
     assert cache.retain([]) == [part] and not cache.cached("index", part.id) and cache.nbytes == 0
+    node.close()
+
+
+def test_the_warmer_loads_only_the_newest_hours_and_older_parts_load_when_asked(tmp_path: Path) -> None:
+    """A node holding many days warms only its newest ``warm_hours`` of parts, so its memory does
+    not grow with the data it holds; a query over older hours loads their indexes then, and
+    answers exactly either way."""
+    rng = random.Random(8)
+    node = Node(tmp_path)
+    for _ in range(3):
+        node.add(events(rng, 400, span=6 * HOUR_NS))
+    indexes = node.engine.indexes
+    indexes.config = dataclasses.replace(indexes.config, warm_hours=2)
+    parts = node.manifest.state.parts
+    newest = max(p.hour for p in parts)
+    indexes.warm(node.manifest.state)
+    for p in parts:
+        assert indexes.cache.cached("index", p.id) == (p.hour >= newest - HOUR_NS), (p.hour, newest)
+    assert any(p.hour < newest - HOUR_NS for p in parts)
+    node.check(rng, 40)  # every range, old hours included, still exact
+    assert all(indexes.cache.cached("index", p.id) for p in parts)  # loaded once asked for
     node.close()
