@@ -1,15 +1,17 @@
 """Merging producer rollup files in bounded memory: a category at a time.
 
 A part's producer rollup is sorted by (category, shard, hour), so the rows of one category sit
-in a few row groups of each file, found by the groups' min/max statistics. A merge reads one
+in a few row groups of each file, found by the groups' min/max statistics. A merge takes one
 category's rows from every part, sums them per (category, shard, hour, producer_id) and hands
-them on, so it holds about one category of the hour at once instead of the whole hour: the sum
-of the parts' rollups and Arrow's hash table over all of them was the largest block of a
-merge's memory (issue 8). The result is the same rows in the same order as merging all at once
-(``storage.rollup.merge_rollups``): categories come in order, and within one a group's rows keep
-their first-seen order across the parts.
+them on, so it holds about one category of the hour (plus the row groups that straddle the
+next category) instead of the whole hour, and reads each row group once. The sum of the
+parts' rollups and Arrow's hash table over all of them was the largest block of a merge's
+memory (issue 8). The result is the same rows as merging all at once
+(``storage.rollup.merge_rollups``), sorted by (category, shard, hour) the same way; producers
+within one of those may come in another order (as Arrow's group-by meets them), which no
+reader relies on. Equal inputs give equal files.
 
-Row groups without statistics are read for every category and filtered: slower, still exact.
+A row group without statistics is read once and kept to the end: more memory, still exact.
 """
 
 from __future__ import annotations
@@ -45,14 +47,23 @@ def merge_producer_rollups(paths: Sequence[str], categories: Sequence[str], writ
     minute rollups do); rows of others would be left out, so the caller checks the count."""
     files = [pq.ParquetFile(p) for p in paths]
     bounds = [_category_bounds(f.metadata) for f in files]
+    # Row groups read and still needed, per file. Categories come in order and so do a file's
+    # row groups, so each group is read once and dropped once past its last category: a part
+    # small enough to be one row group (most persists of a busy node) is decoded once, not once
+    # per category.
+    held: list[dict[int, pa.Table]] = [{} for _ in files]
     events = 0
     for cat in sorted(set(categories)):
         pieces = []
-        for f, groups in zip(files, bounds, strict=True):
-            wanted = [g for g, (lo, hi) in enumerate(groups) if lo <= cat <= hi]
-            if wanted:
-                t = f.read_row_groups(wanted, columns=PRODUCER_ROLLUP_SCHEMA.names, use_threads=False)
+        for f, groups, kept in zip(files, bounds, held, strict=True):
+            for g, (lo, hi) in enumerate(groups):
+                if lo <= cat <= hi and g not in kept:
+                    kept[g] = f.read_row_group(g, columns=PRODUCER_ROLLUP_SCHEMA.names, use_threads=False)
+            for g in sorted(kept):
+                t = kept[g]
                 pieces.append(t.filter(pc.equal(t["category"], cat)))
+                if groups[g][1] <= cat:
+                    del kept[g]  # nothing of a later category in it
         merged = merge_rollups(pieces, PRODUCER_ROLLUP_SCHEMA) if pieces else None
         if merged is not None and merged.num_rows:
             write(merged)
