@@ -28,10 +28,9 @@ from storage.errors import StorageError
 from storage.sketch import SKETCH_KEYS, SKETCH_SCHEMA, SketchConfig, build_sketches
 from storage.sketchmerge import merge_sketch_tables
 
-__all__ = ["MERGE_FAN_IN", "SKETCH_KIND", "SketchExtra", "read_sketch_file", "write_sketch_file"]
+__all__ = ["SKETCH_KIND", "SketchExtra", "read_sketch_file", "write_sketch_file"]
 
 SKETCH_KIND = "sketch_v2"
-MERGE_FAN_IN = 8  # sketch tables a merge holds at once (see SketchExtra.merge)
 
 # Dictionaries and statistics only for the keys (readers filter on them): the sketch blobs never
 # repeat, and min/max statistics of a blob column would copy whole sketches into the footer.
@@ -102,17 +101,6 @@ class SketchExtra:
 
     def merge(self, con: duckdb.DuckDBPyConnection, paths: Sequence[str], path: str) -> None:
         """Merge the sketch files ``paths`` into ``path``, fsynced: rows of one key are merged
-        sketch by sketch, so the result summarises exactly the union of the parts' rows.
-
-        At most ``MERGE_FAN_IN`` tables are held at once: the files in order, ``MERGE_FAN_IN -
-        1`` at a time, each stage merged with the rows merged so far. Every file's rows held
-        together took ~1 GB for a merge of 64 W20-hour parts (issue 8). Up to ``MERGE_FAN_IN``
-        files this is one merge, as before; beyond, a stage keeps each group's largest producers
-        as a compaction tier does (the bounds stay hard, a little wider)."""
-        merged = SKETCH_SCHEMA.empty_table()
-        step = MERGE_FAN_IN - 1 if len(paths) > MERGE_FAN_IN else MERGE_FAN_IN
-        for first in range(0, len(paths), step):
-            tables = [read_sketch_file(p) for p in paths[first : first + step]]
-            merged = merge_sketch_tables([merged, *tables] if first else tables, self.config)
-            del tables
-        write_sketch_file(merged, path, self.compression)
+        sketch by sketch, so the result summarises exactly the union of the parts' rows."""
+        tables = [read_sketch_file(p) for p in paths]
+        write_sketch_file(merge_sketch_tables(tables, self.config), path, self.compression)

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
-import datasketches as ds
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import storage.sketchfile
 from storage.errors import StorageError
 from storage.rollup import producer_rollup
 from storage.sketch import SKETCH_SCHEMA, SketchConfig, build_sketches
-from storage.sketchfile import MERGE_FAN_IN, SketchExtra, read_sketch_file, write_sketch_file
+from storage.sketchfile import SketchExtra, read_sketch_file, write_sketch_file
 from tests.unit.storage.test_sketch import workload
 
 
@@ -83,46 +80,3 @@ def test_build_paths_write_the_same_sketches(tmp_path: Path) -> None:
     ]
     assert tables[0].num_rows > 1
     assert tables[0] == tables[1] == tables[2]
-
-
-def test_a_merge_of_many_files_holds_few_at_once_and_its_bounds_stay_hard(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """20 files merge in stages of at most ``MERGE_FAN_IN`` tables (the rows merged so far and
-    the next files), and the result still counts every row and bounds every producer."""
-    extra = SketchExtra()
-    chunks = [workload(seed=100 + i, n=900, producers=300, hours=1) for i in range(20)]
-    paths = []
-    for i, rows in enumerate(chunks):
-        paths.append(str(tmp_path / f"sketch-{i}.parquet"))
-        extra.build_table(rows, paths[-1])
-    held: list[int] = []
-    merge = storage.sketchfile.merge_sketch_tables
-
-    def counting(tables: list[pa.Table], config: SketchConfig) -> pa.Table:
-        held.append(len(tables))
-        return merge(tables, config)
-
-    monkeypatch.setattr(storage.sketchfile, "merge_sketch_tables", counting)
-    extra.merge(duckdb.connect(), paths, str(tmp_path / "merged.parquet"))
-    assert held == [7, 8, 7] and MERGE_FAN_IN == 8  # 7 files, then the rows so far with 7, then with 6
-
-    merged = read_sketch_file(str(tmp_path / "merged.parquet"))
-    rows = pa.concat_tables(chunks)
-    truth: dict[tuple[str, int], Counter[str]] = {}
-    keys = zip(rows["category"].to_pylist(), rows["shard"].to_pylist(), rows["producer_id"].to_pylist(), strict=True)
-    for category, shard, producer in keys:
-        truth.setdefault((category, shard), Counter())[producer] += 1
-    assert merged.num_rows == len(truth)
-    for row in merged.to_pylist():
-        counts = truth[(row["category"], row["shard"])]
-        assert row["n"] == sum(counts.values())
-        cpc = ds.cpc_sketch.deserialize(row["cpc"])
-        assert cpc.get_lower_bound(3) <= len(counts) <= cpc.get_upper_bound(3)
-        if row["top_producers"] is not None:  # exact lower bounds, and nobody left out has more
-            listed = dict(zip(row["top_producers"], row["top_counts"], strict=True))
-            for producer, n in counts.items():
-                if producer in listed:
-                    assert listed[producer] <= n <= listed[producer] + row["frequent_error"]
-                else:
-                    assert n <= row["frequent_error"]
