@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import random
 import statistics
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from bench.workload import DAY_NS, Workload
+from bench.workload import DAY_NS, Workload, ensure
 
 __all__ = [
     "KINDS",
@@ -27,6 +30,7 @@ __all__ = [
     "latency_cells",
     "make_queries",
     "percentile",
+    "prepare",
 ]
 
 KINDS = ("count", "sum", "topk")
@@ -102,3 +106,13 @@ def compare(queries: list[Query], expected: list[Answer], got: list[Answer]) -> 
     return [
         Mismatch(query, want, have) for query, want, have in zip(queries, expected, got, strict=True) if want != have
     ]
+
+
+def prepare(events: int, seed: int, per_cell: int, log: Callable[[str], None]) -> tuple[Workload, Path, list[Query]]:
+    """The W20 workload of ``events`` and ``seed`` (generated once, then cached), the directory of
+    its Parquet chunks, and ``per_cell`` queries per (kind, range) over it."""
+    workload = Workload(events=events, seed=seed)
+    t0 = time.perf_counter()
+    data = ensure(workload)
+    log(f"workload {workload.name} ready in {time.perf_counter() - t0:.1f}s at {data}")
+    return workload, data, make_queries(workload, per_cell, seed)

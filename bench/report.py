@@ -9,6 +9,7 @@ section goes first. ``chart`` draws p50 latency per query and range, log scale.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 import platform
@@ -21,6 +22,7 @@ import psutil
 from bench.loader import IngestResult
 from bench.peers import PeerResult
 from bench.queries import KINDS, RANGES, Cell, Mismatch
+from bench.server import DEFAULT_COMMAND
 
 __all__ = ["RunReport", "TributaryReport", "chart", "machine", "render", "update_results"]
 
@@ -333,3 +335,17 @@ def chart(path: Path, r: RunReport) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def add_section_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a bench that runs ``tributary serve`` and writes a section of
+    ``bench/RESULTS.md``: ``--server-cmd``, ``--note`` (repeatable) and ``--results``."""
+    parser.add_argument(
+        "--server-cmd",
+        default=DEFAULT_COMMAND,
+        help="server command; {port} and {data} are filled in (default: %(default)s)",
+    )
+    parser.add_argument("--note", action="append", default=[], help="a line for the section's notes (repeatable)")
+    parser.add_argument(
+        "--results", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md", help="Markdown file to update"
+    )

@@ -26,10 +26,10 @@ import httpx
 
 from bench import loader
 from bench.peers import PEERS, PeerResult, run_peer_isolated
-from bench.queries import Cell, Query, compare, latency_cells, make_queries, percentile
-from bench.report import RunReport, TributaryReport, chart, render, update_results
-from bench.server import DEFAULT_COMMAND, RssSampler, ServerProcess, disk_usage, wait_compacted, wait_persisted
-from bench.workload import Workload, chunk_paths, ensure
+from bench.queries import Cell, Query, compare, latency_cells, percentile, prepare
+from bench.report import RunReport, TributaryReport, add_section_options, chart, render, update_results
+from bench.server import ServerProcess, disk_usage, wait_compacted, wait_persisted
+from bench.workload import Workload, chunk_paths
 
 __all__ = ["main"]
 
@@ -56,13 +56,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--skip-tributary", action="store_true", help="peers only")
     p.add_argument("--skip-chdb", action="store_true", help="no chdb peer")
-    p.add_argument(
-        "--server-cmd",
-        default=DEFAULT_COMMAND,
-        help="server command; {port} and {data} are filled in (default: %(default)s)",
-    )
-    p.add_argument("--note", action="append", default=[], help="a line for the section's notes (repeatable)")
-    p.add_argument("--results", type=Path, default=BENCH_DIR / "RESULTS.md", help="Markdown file to update")
+    add_section_options(p)
     return p.parse_args(argv)
 
 
@@ -111,10 +105,7 @@ def _run_tributary(
         body_bytes = sum(clients.prepare(batches) for batches in plans)
         _log(f"tributary: {body_bytes / 1e6:.0f} MB of request bodies ready in {time.perf_counter() - t0:.1f}s")
         _log(f"tributary: starting `{args.server_cmd.format(port=server.port, data=data_dir)}`")
-        server.start()
-        assert server.proc is not None
-        sampler = RssSampler(server.proc.pid)
-        sampler.start()
+        sampler = server.start_sampled()
         try:
             sampler.enter("ingest")
             ingest = {}
@@ -187,11 +178,7 @@ def _stats(url: str) -> dict[str, object] | None:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     load_start = os.getloadavg()[0]
-    workload = Workload(events=args.events, seed=args.seed)
-    t0 = time.perf_counter()
-    data = ensure(workload)
-    _log(f"workload {workload.name} ready in {time.perf_counter() - t0:.1f}s at {data}")
-    queries = make_queries(workload, args.queries, args.seed)
+    workload, data, queries = prepare(args.events, args.seed, args.queries, _log)
     names = [p for p in PEERS if not (args.skip_chdb and p == "chdb")]
     peers = _run_peers(workload, data, queries, names)
     _log(f"peers agree on all {len(queries)} answers")

@@ -38,10 +38,10 @@ from pathlib import Path
 import httpx
 
 from bench import loader
-from bench.queries import KINDS, RANGES, Answer, Cell, Query, compare, latency_cells, make_queries
-from bench.report import machine, update_results
-from bench.server import DEFAULT_COMMAND, RssSampler, ServerProcess, disk_usage, wait_compacted, wait_persisted
-from bench.workload import DAY_NS, Workload, chunk_paths, ensure
+from bench.queries import KINDS, RANGES, Answer, Cell, Query, compare, latency_cells, prepare
+from bench.report import add_section_options, machine, update_results
+from bench.server import RssSampler, ServerProcess, disk_usage, wait_compacted, wait_persisted
+from bench.workload import DAY_NS, Workload, chunk_paths
 
 __all__ = ["Stage", "day_batches", "main", "render"]
 
@@ -98,14 +98,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=3, help="concurrent ingest client processes (default 3)")
     p.add_argument("--seed", type=int, default=1, help="workload and query seed")
     p.add_argument("--rest-s", type=float, default=5.0, help="idle seconds before the at-rest RSS sample")
-    p.add_argument(
-        "--server-cmd",
-        default=DEFAULT_COMMAND,
-        help="server command; {port} and {data} are filled in (default: %(default)s)",
-    )
     p.add_argument("--keep-data", action="store_true", help="keep the node's data directory after the run")
-    p.add_argument("--note", action="append", default=[], help="a line for the section's notes (repeatable)")
-    p.add_argument("--results", type=Path, default=BENCH_DIR / "RESULTS.md", help="Markdown file to update")
+    add_section_options(p)
     args = p.parse_args(argv)
     if args.days < 2:
         p.error("--days must be at least 2")
@@ -227,10 +221,7 @@ def _run(
             body_bytes = clients.prepare(days[0])
             _log(f"{body_bytes / 1e6:.0f} MB of day-0 bodies ready in {time.perf_counter() - t0:.1f}s")
             _log(f"starting `{args.server_cmd.format(port=server.port, data=data_dir)}`")
-            server.start()
-            assert server.proc is not None
-            sampler = RssSampler(server.proc.pid)
-            sampler.start()
+            sampler = server.start_sampled()
             try:
                 small, big = _measure(server.url, clients, sampler, days, workload, queries, args, data_dir)
             finally:
@@ -421,11 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     started = dt.datetime.now(dt.UTC)
     load_start = os.getloadavg()[0]
-    workload = Workload(events=args.events, seed=args.seed)
-    t0 = time.perf_counter()
-    data = ensure(workload)
-    _log(f"workload {workload.name} ready in {time.perf_counter() - t0:.1f}s at {data}")
-    queries = make_queries(workload, args.queries, args.seed)
+    workload, data, queries = prepare(args.events, args.seed, args.queries, _log)
     small, big, code = _run(args, workload, data, queries)
     command = " ".join(["uv run python -m bench.scale", shlex.join(sys.argv[1:] if argv is None else argv)]).strip()
     notes = [

@@ -113,6 +113,14 @@ class ServerProcess:
     def log_path(self) -> Path:
         return self.data_dir.parent / f"{self.data_dir.name}.log"
 
+    def start_sampled(self) -> RssSampler:
+        """``start()``, then an ``RssSampler`` of the server's process tree, already running."""
+        self.start()
+        assert self.proc is not None
+        sampler = RssSampler(self.proc.pid)
+        sampler.start()
+        return sampler
+
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = shlex.split(self.command.format(port=self.port, data=self.data_dir))
