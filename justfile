@@ -75,6 +75,10 @@ fuzz SECONDS="300": sync
     uv run st run "http://127.0.0.1:$port/schema/openapi.json" --wait-for-schema 60 \
         --checks not_a_server_error --max-time {{SECONDS}} --workers 2
 
+# One node holding one W20 day, then ten: RSS and day-0 latency at 20M and 200M events, to bench/RESULTS.md.
+scale *ARGS: sync
+    uv run python -m bench.scale {{ARGS}}
+
 # Ten minutes of ingest at half the measured maximum with queries running; RSS and latency to bench/SOAK.md.
 soak *ARGS: sync
     uv run python -m bench.soak {{ARGS}}
