@@ -18,6 +18,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -26,9 +27,9 @@ import pyarrow.parquet as pq
 
 from storage.schema import STORED_SCHEMA
 
-__all__ = ["merge_events"]
+__all__ = ["CATEGORY_UNKNOWN", "merge_events", "row_group_bounds"]
 
-_LOW, _HIGH = "", "\U0010ffff" * 64  # bounds for a row group without statistics
+CATEGORY_UNKNOWN = ("", "\U0010ffff" * 64)  # category bounds of a row group without statistics
 _TS_MIN, _TS_MAX = -(1 << 63), (1 << 63) - 1
 
 
@@ -43,17 +44,25 @@ class _Group:
     ts_max: int
 
 
-def _groups(source: int, meta: pq.FileMetaData) -> list[_Group]:
+def row_group_bounds(meta: pq.FileMetaData, column: str, unknown: tuple[Any, Any]) -> list[tuple[Any, Any]]:
+    """(min, max) of ``column`` in each row group of a file, from the footer's statistics;
+    ``unknown`` for a group without them (so it overlaps whatever is asked)."""
     names = [meta.schema.column(i).name for i in range(meta.num_columns)]
-    ci, ti = names.index("category"), names.index("timestamp")
+    index = names.index(column)
     out = []
     for g in range(meta.num_row_groups):
-        rg = meta.row_group(g)
-        cs, ts = rg.column(ci).statistics, rg.column(ti).statistics
-        cats = (cs.min, cs.max) if cs is not None and cs.has_min_max else (_LOW, _HIGH)
-        times = (ts.min, ts.max) if ts is not None and ts.has_min_max else (_TS_MIN, _TS_MAX)
-        out.append(_Group(source, g, rg.num_rows, str(cats[0]), str(cats[1]), int(times[0]), int(times[1])))
+        stats = meta.row_group(g).column(index).statistics
+        out.append((stats.min, stats.max) if stats is not None and stats.has_min_max else unknown)
     return out
+
+
+def _groups(source: int, meta: pq.FileMetaData) -> list[_Group]:
+    cats = row_group_bounds(meta, "category", CATEGORY_UNKNOWN)
+    times = row_group_bounds(meta, "timestamp", (_TS_MIN, _TS_MAX))
+    return [
+        _Group(source, g, meta.row_group(g).num_rows, str(c[0]), str(c[1]), int(t[0]), int(t[1]))
+        for g, (c, t) in enumerate(zip(cats, times, strict=True))
+    ]
 
 
 def _windows(groups: Sequence[_Group], window_rows: int) -> list[tuple[int, int]]:

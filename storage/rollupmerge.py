@@ -22,22 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from storage.eventmerge import CATEGORY_UNKNOWN, row_group_bounds
 from storage.rollup import PRODUCER_ROLLUP_SCHEMA, merge_rollups
 
 __all__ = ["merge_producer_rollups"]
-
-_LOW, _HIGH = "", "\U0010ffff" * 64  # bounds for a row group without statistics
-
-
-def _category_bounds(meta: pq.FileMetaData) -> list[tuple[str, str]]:
-    """(min, max) category of each row group."""
-    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
-    ci = names.index("category")
-    out = []
-    for g in range(meta.num_row_groups):
-        stats = meta.row_group(g).column(ci).statistics
-        out.append((str(stats.min), str(stats.max)) if stats is not None and stats.has_min_max else (_LOW, _HIGH))
-    return out
 
 
 def merge_producer_rollups(paths: Sequence[str], categories: Sequence[str], write: Callable[[pa.Table], None]) -> int:
@@ -46,7 +34,7 @@ def merge_producer_rollups(paths: Sequence[str], categories: Sequence[str], writ
     the events it counts. ``categories`` must name every category in the files (the parts'
     minute rollups do); rows of others would be left out, so the caller checks the count."""
     files = [pq.ParquetFile(p) for p in paths]
-    bounds = [_category_bounds(f.metadata) for f in files]
+    bounds = [row_group_bounds(f.metadata, "category", CATEGORY_UNKNOWN) for f in files]
     # Row groups read and still needed, per file. Categories come in order and so do a file's
     # row groups, so each group is read once and dropped once past its last category: a part
     # small enough to be one row group (most persists of a busy node) is decoded once, not once
