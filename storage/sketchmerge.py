@@ -139,7 +139,7 @@ def _run_starts(table: pa.Table) -> _Ints:
     n = table.num_rows
     changed = np.zeros(max(n - 1, 0), np.bool_)
     for k in SKETCH_KEYS:
-        column = table[k].chunk(0) if table[k].num_chunks == 1 else table[k].combine_chunks()
+        column = combined(table[k])
         changed |= pc.not_equal(column.slice(1), column.slice(0, n - 1)).to_numpy(zero_copy_only=False)
     starts: _Ints = np.concatenate(([0], np.flatnonzero(changed) + 1)).astype(np.int64)
     return starts

@@ -397,8 +397,9 @@ def test_frequent_is_the_exact_top_of_each_group(events: list[tuple[int, str, in
 
 @pytest.mark.parametrize("key_limit", [1 << 62, 1 << 8])
 def test_wide_keys_and_values_take_the_general_paths(key_limit: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Keys and values too wide for one combined integer take slower, general paths; a low limit
-    # sends every step there, and the result must not change.
+    # Keys too wide for one combined integer take slower, general paths (hours numbered, pairs
+    # counted by group position); a low limit sends every step there, and the result must not
+    # change. Values of any width sort by radix passes either way.
     monkeypatch.setattr(sketch, "_KEY_LIMIT", key_limit)
     hours = [-(2**62) // HOUR_NS, 0, 2**62 // HOUR_NS]
     rows = pa.table(
