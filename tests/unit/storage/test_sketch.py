@@ -478,6 +478,12 @@ def test_producer_counts_must_be_of_the_rows() -> None:
     moved = counts.set_column(2, "hour", pc.add(counts["hour"], pa.scalar(7 * HOUR_NS, pa.int64())))
     with pytest.raises(ValueError, match="do not have"):
         build_sketches(rows, SMALL, producer_counts=moved)
+    # A shard past the rows' own: keys are dense over the rows' shards, so it must be refused,
+    # not read as another group's key.
+    top = int(pc.max(rows["shard"]).as_py())
+    beyond = counts.set_column(1, "shard", pa.array([top + 1] * counts.num_rows, pa.uint16()))
+    with pytest.raises(ValueError, match="a shard the rows do not have"):
+        build_sketches(rows, SMALL, producer_counts=beyond)
 
 
 def test_small_groups_keep_their_values_exactly_whatever_their_range() -> None:
