@@ -22,13 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
 from bench import loader
 from bench.peers import PEERS, PeerResult, run_peer_isolated
 from bench.queries import Cell, Query, compare, latency_cells, percentile, prepare
 from bench.report import RunReport, TributaryReport, add_section_options, chart, render, update_results
-from bench.server import ServerProcess, disk_usage, wait_compacted, wait_persisted
+from bench.server import ServerProcess, disk_usage, node_stats, wait_compacted, wait_persisted
 from bench.workload import Workload, chunk_paths
 
 __all__ = ["main"]
@@ -118,13 +116,13 @@ def _run_tributary(
             settle_s = wait_persisted([server.url])
             _log(f"tributary: everything acknowledged was persisted {settle_s} s after the last ingest")
             disk_loaded = disk_usage(data_dir)
-            loaded_stats = _stats(server.url)
+            loaded_stats = node_stats(server.url)
             # Loaded as the peers are when they are queried: their loads end with their data at
             # rest, so ours ends once the background compaction of the persisted parts settles.
             sampler.enter("settle")
             compacted_s = wait_compacted([server.url])
             _log(f"tributary: background compaction settled {compacted_s} s after the last persist")
-            stats = _stats(server.url)
+            stats = node_stats(server.url)
             sampler.enter("queries")
             run = loader.run_queries(server.url, queries)
             mismatches = compare(queries, expected, run.answers)
@@ -165,14 +163,6 @@ def _took_cells(queries: list[Query], took_ms: list[float]) -> dict[tuple[str, s
 
 def _int(value: object) -> int | None:
     return value if isinstance(value, int) else None
-
-
-def _stats(url: str) -> dict[str, object] | None:
-    try:
-        response = httpx.get(f"{url}/v1/stats", timeout=10.0)
-    except httpx.HTTPError:
-        return None
-    return dict(response.json()) if response.status_code == 200 else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,16 @@ from types import TracebackType
 import httpx
 import psutil
 
-__all__ = ["DEFAULT_COMMAND", "RssSampler", "ServerError", "ServerProcess", "disk_usage", "wait_persisted"]
+__all__ = [
+    "DEFAULT_COMMAND",
+    "RssSampler",
+    "ServerError",
+    "ServerProcess",
+    "disk_usage",
+    "node_stats",
+    "wait_compacted",
+    "wait_persisted",
+]
 
 # The venv's console script, so the pid we watch is the server itself and not a `uv run` wrapper.
 DEFAULT_COMMAND = f"{Path(sys.executable).parent / 'tributary'} serve --host 127.0.0.1 --port {{port}} --data {{data}}"
@@ -60,6 +69,15 @@ def disk_usage(path: Path) -> int:
             with contextlib.suppress(FileNotFoundError):
                 total += os.lstat(os.path.join(root, name)).st_blocks * 512
     return total
+
+
+def node_stats(url: str) -> dict[str, object] | None:
+    """A node's ``GET /v1/stats``, or None if it does not answer 200."""
+    try:
+        response = httpx.get(f"{url}/v1/stats", timeout=10.0)
+    except httpx.HTTPError:
+        return None
+    return dict(response.json()) if response.status_code == 200 else None
 
 
 def wait_persisted(urls: list[str], timeout_s: float = 300.0) -> float | None:
