@@ -149,14 +149,24 @@ class PartitionStore:
     def _write_file(self, table: pa.Table, rel: str, options: dict[str, Any], row_group_rows: int = 0) -> None:
         tmp = str(self.root / rel) + ".tmp"
         c = self.config
-        pq.write_table(
-            table,
-            tmp,
-            compression=c.compression,
-            compression_level=c.compression_level,
-            row_group_size=row_group_rows or c.rollup_row_group_rows,
-            **options,
-        )
+        for attempt in range(3):
+            # The hour's folder is made just before its part's first file, and retention removes
+            # an expired hour's empty folder: a persist of that hour's late rows can lose the race
+            # in between. Made again, it stays once this file is in it.
+            (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                pq.write_table(
+                    table,
+                    tmp,
+                    compression=c.compression,
+                    compression_level=c.compression_level,
+                    row_group_size=row_group_rows or c.rollup_row_group_rows,
+                    **options,
+                )
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, self.root / rel)
@@ -250,7 +260,6 @@ class PartitionStore:
         """One part from the rows of one hour, already sorted by (category, timestamp)."""
         pid = self.manifest.allocate_part_id()
         files = self._paths(hour, pid)
-        (self.root / files["events"]).parent.mkdir(parents=True, exist_ok=True)
         self._write_events(rows, files["events"])
         self._write_file(minute_rollup(rows), files["rollup_minute"], _MINUTE_OPTIONS)
         producers = producer_rollup(rows)

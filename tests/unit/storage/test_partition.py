@@ -150,3 +150,28 @@ def test_a_known_category_order_writes_the_same_parts(tmp_path: Path) -> None:
         )
         store.close()
     assert written[0] == written[1]
+
+
+def test_a_part_is_written_when_its_new_hour_folder_is_swept_away_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention removes an expired hour's empty folder; a persist of that hour's late rows may
+    have just made it. The first file then finds no folder: the store makes it again."""
+    manifest = Manifest(tmp_path)
+    store = PartitionStore(tmp_path, manifest)
+    write_table = pq.write_table
+    swept: list[Path] = []
+
+    def sweep_first(table: object, where: str, **kwargs: object) -> None:
+        if not swept:  # as retention's rmdir would, between the store's mkdir and this open
+            folder = Path(where).parent
+            folder.rmdir()
+            swept.append(folder)
+        write_table(table, where, **kwargs)
+
+    monkeypatch.setattr("storage.partition.pq.write_table", sweep_first)
+    rows = stored(random_events(random.Random(9), 100, span=HOUR_NS // 2))
+    (part,) = store.write(rows)
+    assert swept == [tmp_path / "partitions" / hour_folder(part.hour)]
+    assert pq.read_table(part.path(tmp_path, "events")).num_rows == 100
+    store.close()
