@@ -31,6 +31,15 @@ log = structlog.get_logger("tributary.reader")
 
 T = TypeVar("T")
 
+Plan = tuple[dict[str, list[int]], list[int]]
+
+# A read's first round is planned over every shard, from the map and which nodes are eligible;
+# the same inputs give one of a few plans (the planner breaks ties at random), so each map
+# keeps this many per set of eligible nodes and a read takes one at random: a coordinator
+# still spreads its reads over tied replicas, and no read pays for planning 256 shards
+# (~0.25 ms of Python, a tenth of a cluster read).
+PLAN_VARIANTS = 4
+
 
 @dataclass(frozen=True)
 class Gathered(Generic[T]):
@@ -58,12 +67,12 @@ def plan(
     candidates: Callable[[int], Sequence[str]],
     prefer: str,
     rng: random.Random | None = None,
-) -> tuple[dict[str, list[int]], list[int]]:
+) -> Plan:
     """Assign each shard to one of its candidates, asking as few nodes as possible: ``prefer``
     (ourselves) takes every shard it can, then repeatedly the node that can take the most of
     the rest (a random one of those tied, so coordinators spread their load). Fewer nodes per
     read means fewer requests and a shorter tail. Returns (node -> shards, missing)."""
-    rng = rng or random.Random()
+    rng = rng or _rng
     cands = {s: list(candidates(s)) for s in shards}
     missing = [s for s, c in cands.items() if not c]
     left = {s for s, c in cands.items() if c}
@@ -81,6 +90,9 @@ def plan(
         out[pick] = cover[pick]
         left -= set(cover[pick])
     return out, missing
+
+
+_rng = random.Random()
 
 
 class Reader:
@@ -105,16 +117,40 @@ class Reader:
         self.timeout_s = timeout_s
         self.on_stale = on_stale
         self.hinted = hinted
-        self._replicas: tuple[ClusterMap, list[tuple[str, ...]]] | None = None
+        self._replicas: tuple[ClusterMap, list[tuple[str, ...]], frozenset[str]] | None = None
+        self._plans: tuple[ClusterMap, dict[frozenset[str], list[Plan | None]]] | None = None
 
     def _read_replicas(self, cmap: ClusterMap) -> list[tuple[str, ...]]:
         """Every shard's read replicas, computed once per map (a read plans over all shards)."""
+        return self._replicas_of(cmap)[1]
+
+    def _replica_nodes(self, cmap: ClusterMap) -> frozenset[str]:
+        """Every node that is some shard's read replica in ``cmap``."""
+        return self._replicas_of(cmap)[2]
+
+    def _replicas_of(self, cmap: ClusterMap) -> tuple[ClusterMap, list[tuple[str, ...]], frozenset[str]]:
         cached = self._replicas
-        if cached is not None and cached[0] is cmap:
-            return cached[1]
-        replicas = [cmap.read_replicas(s) for s in range(cmap.shards)]
-        self._replicas = (cmap, replicas)
-        return replicas
+        if cached is None or cached[0] is not cmap:
+            replicas = [cmap.read_replicas(s) for s in range(cmap.shards)]
+            cached = self._replicas = (cmap, replicas, frozenset(n for r in replicas for n in r))
+        return cached
+
+    def _first_plan(self, cmap: ClusterMap, eligible: frozenset[str]) -> Plan:
+        """A plan over every shard of ``cmap`` among the ``eligible`` nodes: one of
+        ``PLAN_VARIANTS`` kept for these inputs, each made once (copies: callers own them)."""
+        cached = self._plans
+        if cached is None or cached[0] is not cmap:
+            cached = self._plans = (cmap, {})
+        variants = cached[1].setdefault(eligible, [None] * PLAN_VARIANTS)
+        i = _rng.randrange(PLAN_VARIANTS)
+        made = variants[i]
+        if made is None:
+            replicas = self._read_replicas(cmap)
+            made = variants[i] = plan(
+                range(cmap.shards), lambda s: [n for n in replicas[s] if n in eligible], self.me, random.Random(i)
+            )
+        assignment, missing = made
+        return {n: list(shards) for n, shards in assignment.items()}, list(missing)
 
     def _eligible(self, node: str) -> bool:
         if node == self.me:
@@ -152,9 +188,13 @@ class Reader:
         parts: list[T] = []
         asked: dict[str, list[int]] = {}
         missing: list[int] = []
-        for _ in range(max(1, cmap.rf) + 1):
+        for round_ in range(max(1, cmap.rf) + 1):
             eligible.clear()
-            assignment, lost = plan(todo, candidates, self.me)
+            if round_ == 0:  # every shard, nothing tried yet: depends on who is eligible only
+                nodes = frozenset(n for n in self._replica_nodes(cmap) if self._eligible(n))
+                assignment, lost = self._first_plan(cmap, nodes)
+            else:
+                assignment, lost = plan(todo, candidates, self.me)
             missing += lost
             if not assignment:
                 break

@@ -6,13 +6,17 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cluster import reader as reader_module
+from cluster.errors import PeerError
+from cluster.membership import ClusterMap, Member
 from cluster.node import Node, NodeConfig
-from cluster.reader import merge_aggregates, merge_topk, plan
+from cluster.reader import Gathered, Reader, merge_aggregates, merge_topk, plan
 from ingest.wal import WalConfig
 from query.engine import TopEntry
 from storage.schema import HOUR_NS
@@ -75,3 +79,84 @@ def test_the_full_range_is_exact_too(node: Node) -> None:
     groups = [list(range(0, 256, 2)), list(range(1, 256, 2))]
     tops = [node.engine.topk("c0", T0, T0 + 4 * HOUR_NS, 10, g) for g in groups]
     assert merge_topk(tops, 10) == node.engine.topk("c0", T0, T0 + 4 * HOUR_NS, 10)
+
+
+class _Peers:
+    """Answers ``start_query`` for the nodes in ``up`` with the shards it was asked for."""
+
+    def __init__(self, failing: set[str] | None = None) -> None:
+        self.failing = failing or set()
+        self.asked: list[tuple[str, list[int]]] = []
+
+    def start_query(self, node: str, body: dict[str, Any], timeout: float) -> Any:
+        self.asked.append((node, list(body["shards"])))
+        failing = node in self.failing
+
+        class Pending:
+            @staticmethod
+            def result() -> dict[str, Any]:
+                if failing:
+                    raise PeerError(f"{node} answered 500", node, 500)
+                return {"shards": list(body["shards"])}
+
+        return Pending()
+
+
+class _Detector:
+    def __init__(self, down: set[str]) -> None:
+        self.down = down
+
+    def is_serving(self, node: str) -> bool:
+        return node not in self.down
+
+    def suspect(self, node: str) -> None:
+        self.down.add(node)
+
+    def not_serving(self, node: str) -> None:
+        self.down.add(node)
+
+
+def _reader(peers: _Peers, down: set[str]) -> Reader:
+    cmap = ClusterMap(epoch=1, rf=2, shards=256, members=tuple(Member(n, f"http://{n}") for n in "abc"))
+    return Reader("a", lambda: cmap, cast(Any, peers), cast(Any, _Detector(down)), cast(Any, None), lambda: True, 1.0)
+
+
+def _shards_of(reader: Reader, peers: _Peers) -> tuple[list[int], Gathered[list[int]]]:
+    g = reader.gather({"kind": "aggregate"}, lambda shards: list(shards), lambda d: [int(s) for s in d["shards"]])
+    return sorted(s for part in g.parts for s in part), g
+
+
+def test_reads_cover_every_shard_once_and_spread_tied_peers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """First rounds are planned once per set of live nodes and kept (a few variants): every read
+    still covers each shard exactly once, ourselves first, and the shards only b and c hold go
+    to both of them over many reads."""
+    monkeypatch.setattr(reader_module, "_rng", random.Random(7))
+    peers = _Peers()
+    reader = _reader(peers, set())
+    mine = [s for s in range(256) if "a" in ClusterMap(1, 2, 256, reader.cmap().members).read_replicas(s)]
+    for _ in range(40):
+        covered, g = _shards_of(reader, peers)
+        assert covered == list(range(256)) and g.missing == ()
+        assert g.asked["a"] == mine
+    assert {node for node, _ in peers.asked} == {"b", "c"}
+
+
+def test_a_node_down_or_failing_is_planned_around(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reader_module, "_rng", random.Random(7))
+    peers, down = _Peers(), set[str]()
+    reader = _reader(peers, down)
+    _shards_of(reader, peers)  # plans with every node up are kept
+    down.add("b")
+    peers.asked.clear()
+    for _ in range(10):
+        covered, g = _shards_of(reader, peers)
+        assert covered == list(range(256)) and g.missing == () and "b" not in g.asked
+    assert {node for node, _ in peers.asked} == {"c"}
+    down.clear()
+    peers.failing.add("c")  # c fails its reads: its shards go to their other replica in round 2
+    for _ in range(10):
+        covered, g = _shards_of(reader, peers)
+        assert covered == list(range(256)) and g.missing == () and "c" not in g.asked
+    down.update({"b", "c"})  # no replica left for the shards only b and c hold: reported missing
+    covered, g = _shards_of(reader, peers)
+    assert g.missing and sorted(covered + list(g.missing)) == list(range(256))
