@@ -325,6 +325,10 @@ class Node:
         """A peer's scatter-gather request over some of our shards (``/internal/query``)."""
         return self.answers.answer_peer(request)
 
+    def answer_peer_from_indexes(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """``answer_peer`` when in-memory indexes answer it at once, else None."""
+        return self.answers.answer_peer_from_indexes(request)
+
     # -- membership and state --------------------------------------------------------------------
 
     def join(self, node_id: str, url: str) -> ClusterMap:

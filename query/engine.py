@@ -142,6 +142,21 @@ class Engine:
 
     def aggregate(self, category: str, start: int, end: int, shards: Sequence[int] | None = None) -> Aggregate:
         """Exact count and sum of ``value`` for ``category`` over ``[start, end)``."""
+        out = self._aggregate(category, start, end, shards, duckdb_ok=True)
+        assert out is not None
+        return out
+
+    def aggregate_from_indexes(
+        self, category: str, start: int, end: int, shards: Sequence[int] | None = None
+    ) -> Aggregate | None:
+        """``aggregate`` when the live buffer and the parts' in-memory indexes answer it alone,
+        else None (some part needs DuckDB): the exact answer in a fraction of a millisecond or
+        nothing, for callers that must not block long (``web/peerreads.py``)."""
+        return self._aggregate(category, start, end, shards, duckdb_ok=False)
+
+    def _aggregate(
+        self, category: str, start: int, end: int, shards: Sequence[int] | None, duckdb_ok: bool
+    ) -> Aggregate | None:
         if start >= end:
             return Aggregate(0, 0)
         with self.snapshot() as snap:
@@ -150,6 +165,8 @@ class Engine:
             count, total = count + c, total + s
             sql = self.aggregate_sql(snap, start, end, shards, slow) if slow else None
             if sql is not None:
+                if not duckdb_ok:
+                    return None
                 self.duckdb_answers += 1
                 ((c, s),) = self._run(sql, {"cat": category})  # type: ignore[assignment]
                 count, total = count + int(c), total + int(s)

@@ -2,7 +2,8 @@
 
 Build with ``create_app(node, settings)``; the CLI serves it with uvicorn. Blocking work
 (decoding, waiting for the WAL fsync, DuckDB) runs in worker threads so the event loop keeps
-answering ``/health`` while a long query runs.
+answering ``/health`` while a long query runs. The Litestar app is wrapped by
+``web/peerreads.py``, which answers peers' ``POST /internal/query`` in front of it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from web.internal import internal_router
 from web.limits import LimitsMiddleware
 from web.logging import RequestLogMiddleware
 from web.metrics import Metrics
+from web.peerreads import PeerReads
 from web.problem import problem_handlers
 from web.settings import Settings
 from web.sql import sql_routes
@@ -45,7 +47,7 @@ def _took(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000, 3)
 
 
-def create_app(node: Node, settings: Settings) -> Litestar:
+def create_app(node: Node, settings: Settings) -> PeerReads:
     decode_config = settings.decode_config()
     ingest_slots = asyncio.Semaphore(settings.max_concurrent_ingest)
 
@@ -195,6 +197,9 @@ def create_app(node: Node, settings: Settings) -> Litestar:
 
     # Outermost first: request id + access log, metrics, auth (before a slot is taken), limits.
     metrics = Metrics(node)
+    # Peers' requests run on threads of their own, so they never wait behind this node's own
+    # client requests, which may themselves be waiting on peers (web/internal.py).
+    peer_threads = anyio.CapacityLimiter(32)
     middleware = [
         RequestLogMiddleware(),
         metrics.middleware(),
@@ -202,7 +207,7 @@ def create_app(node: Node, settings: Settings) -> Litestar:
         LimitsMiddleware(settings.max_concurrent_requests, settings.body_read_timeout_s),
     ]
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             ingest_events,
             count,
@@ -213,7 +218,7 @@ def create_app(node: Node, settings: Settings) -> Litestar:
             cluster_map,
             cluster_join,
             cluster_leave,
-            internal_router(node, settings.cluster_secret, settings.insecure),
+            internal_router(node, settings.cluster_secret, settings.insecure, peer_threads),
             ready,
             stats,
             admin_persist,
@@ -230,6 +235,7 @@ def create_app(node: Node, settings: Settings) -> Litestar:
         openapi_config=OpenAPIConfig(title="Tributary", version="1", path="/schema"),
         on_shutdown=[_on_shutdown],
     )
+    return PeerReads(app, node, settings.cluster_secret, settings.insecure, peer_threads, metrics)
 
 
 _ = Response

@@ -7,9 +7,10 @@ so peers' requests never wait behind this node's own client requests — which m
 waiting on peers (two coordinators writing to each other cannot starve each other's threads).
 
 Routes: ``GET/POST /map`` (the cluster map), ``POST /ingest`` (store rows as a replica),
-``POST /hints`` (keep rows for another node), ``POST /query`` (a scatter-gather read over some
-shards), ``POST /sql`` (a node's part of a cluster-wide SQL query, answered as Arrow IPC),
-``POST /digests``, ``POST /batches``, ``POST /fetch`` (anti-entropy), ``GET /status``.
+``POST /hints`` (keep rows for another node), ``POST /sql`` (a node's part of a cluster-wide
+SQL query, answered as Arrow IPC), ``POST /digests``, ``POST /batches``, ``POST /fetch``
+(anti-entropy), ``GET /status``. ``POST /query`` (a scatter-gather read over some shards) is answered in
+front of the framework, by ``web/peerreads.py``, with the same secret and the same thread pool.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def _bad_body(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, A
     return problem(400, "bad-internal-request", "The internal request is invalid", detail)
 
 
-def internal_router(node: Node, secret: str, insecure: bool = False, threads: int = 32) -> Router:
-    limiter = anyio.CapacityLimiter(threads)
+def internal_router(node: Node, secret: str, insecure: bool, limiter: anyio.CapacityLimiter) -> Router:
+    """The routes, behind the secret; blocking work runs on ``limiter``'s threads."""
     expected = secret.encode()
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
@@ -90,10 +91,6 @@ def internal_router(node: Node, secret: str, insecure: bool = False, threads: in
         await run(node.store_hint, target, rows)
         return {"stored": rows.num_rows}
 
-    @post("/query", status_code=200, summary="Answer a scatter-gather read over some shards")
-    async def query(data: dict[str, Any]) -> dict[str, Any]:
-        return await run(node.answer_peer, data)
-
     @post("/sql", status_code=200, summary="A node's part of a cluster-wide SQL query, as Arrow IPC")
     async def sql(data: dict[str, Any]) -> Response[bytes]:
         return Response(await run(answer_partial, node, data), media_type=ARROW_STREAM)
@@ -125,7 +122,7 @@ def internal_router(node: Node, secret: str, insecure: bool = False, threads: in
 
     return Router(
         path="/internal",
-        route_handlers=[get_map, post_map, ingest, hints, query, sql, digests, batches, fetch, status],
+        route_handlers=[get_map, post_map, ingest, hints, sql, digests, batches, fetch, status],
         guards=[guard],
         exception_handlers={
             StorageError: _bad_body,

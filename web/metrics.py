@@ -244,6 +244,11 @@ class Metrics:
     def middleware(self) -> MetricsMiddleware:
         return MetricsMiddleware(self)
 
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered HTTP request (the middleware's, and ``web/peerreads.py``'s)."""
+        self.requests.labels(route, method, str(status)).inc()
+        self.request_seconds.labels(route, method).observe(seconds)
+
     def observe_ingest(self, content_type: str | None, body_bytes: int, status: int, answer: bytes) -> None:
         """Count one finished ``POST /v1/events`` from its answer."""
         try:
@@ -322,8 +327,7 @@ class MetricsMiddleware(ASGIMiddleware):
         finally:
             elapsed = time.perf_counter() - t0
             m.in_flight.dec()
-            m.requests.labels(route, method, str(status)).inc()
-            m.request_seconds.labels(route, method).observe(elapsed)
+            m.observe_request(route, method, status, elapsed)
             kind = QUERY_KINDS.get(route)
             if kind is not None and status < 400:
                 m.query_seconds.labels(kind).observe(elapsed)

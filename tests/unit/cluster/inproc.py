@@ -69,7 +69,7 @@ class InProcCluster:
 
     def up(self, name: str) -> None:
         app = create_app(self.nodes[name], Settings(node_id=name, port=self.ports[name], cluster_secret=SECRET))
-        app.on_shutdown.clear()  # the node outlives its server here
+        app.app.on_shutdown.clear()  # the node outlives its server here
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.ports[name], log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
