@@ -67,6 +67,7 @@ class PartIndexes:
         self.cache = RollupCache(root, self.reader, self.config.cache)
         self._seen = -1
         self._subsets = False  # a query asked for some shards: warm the per-shard totals too
+        self._rewarm = False  # warm again although no part changed (the first subset query)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._warmer: threading.Thread | None = None
@@ -118,8 +119,9 @@ class PartIndexes:
             # loaded right after a persist or a merge, before a query has to load them itself.
             self._wake.wait(self.config.poll_s)
             self._wake.clear()
-            if self._stop.is_set() or self.manifest.state.version == warmed:
+            if self._stop.is_set() or (self.manifest.state.version == warmed and not self._rewarm):
                 continue
+            self._rewarm = False
             with self.manifest.pin() as state:  # no file of these parts is deleted meanwhile
                 self.warm(state)
                 warmed = state.version
@@ -149,7 +151,12 @@ class PartIndexes:
                     if not inside.all():
                         # Some are (a coordinator asks us for the shards it lacks): per-shard
                         # totals and per-shard minutes, see query/shard_rollup.py.
-                        self._subsets = True
+                        if not self._subsets:
+                            # The first subset query: warm the per-shard totals of the parts
+                            # already warmed too, not only of parts still to come.
+                            self._subsets = True
+                            self._rewarm = True
+                            self._wake.set()
                         c, s = self.shards(part).aggregate(index, category, start, end, mask, self.reader)
                         count += c
                         total += s

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import random
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.buffer import LiveBuffer
-from query.engine import Engine, EngineConfig
+from query.engine import Aggregate, Engine, EngineConfig
 from query.indexes import IndexConfig
 from query.shard_rollup import ShardMask, load_shards
 from storage.manifest import Manifest
@@ -31,13 +33,14 @@ CATEGORIES = ["c0", "c1", "Zeta", "é-accent"]
 class Node:
     """Parts written with small row groups, and the raw rows for the oracle."""
 
-    def __init__(self, root: Path, shards: int) -> None:
+    def __init__(self, root: Path, shards: int, warm: bool = False) -> None:
         self.root = root
         self.shards = shards
         self.manifest = Manifest(root)
         self.store = PartitionStore(root, self.manifest, PartitionConfig(row_group_rows=128))
         self.buffer = LiveBuffer()
-        self.engine = Engine(root, self.manifest, self.buffer, EngineConfig(indexes=IndexConfig(warm=False)))
+        config = EngineConfig(indexes=IndexConfig(warm=warm, poll_s=0.05))
+        self.engine = Engine(root, self.manifest, self.buffer, config)
         self.rows: list[pa.Table] = []
         self.seq = 0
 
@@ -151,6 +154,32 @@ def test_whole_hours_add_up_shard_totals_and_the_warmer_loads_them(tmp_path: Pat
     indexes.warm(state)
     assert all(indexes.cache.cached("shards", p.id) for p in state.parts)
     node.close()
+
+
+def test_the_first_subset_query_has_the_background_warmer_load_every_parts_shard_totals(tmp_path: Path) -> None:
+    """The warmer ran before any subset query (indexes only); the first one wakes it to load
+    the per-shard totals of the parts already warmed, with no new part to trigger it."""
+    rng = random.Random(5)
+    node = Node(tmp_path, 256, warm=True)
+    for hour in range(4):
+        node.add(random_events(rng, 500, start=T0 + hour * HOUR_NS, span=HOUR_NS))
+    state = node.manifest.state
+    cache = node.engine.indexes.cache
+    assert len(state.parts) >= 4
+    _wait(lambda: all(cache.cached("index", p.id) for p in state.parts), "the warmer loads the indexes")
+    assert not any(cache.cached("shards", p.id) for p in state.parts)
+    wanted = subset(rng, 256)
+    lo, hi = T0 + HOUR_NS // 3, T0 + HOUR_NS // 2  # one part's hour: the query loads that part's only
+    assert node.engine.aggregate("c0", lo, hi, wanted) == Aggregate(*node.oracle("c0", lo, hi, wanted))
+    _wait(lambda: all(cache.cached("shards", p.id) for p in state.parts), "the warmer loads every part's totals")
+    node.close()
+
+
+def _wait(check: Callable[[], bool], what: str, limit_s: float = 30.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not check():
+        assert time.monotonic() < deadline, f"not reached: {what}"
+        time.sleep(0.02)
 
 
 def test_a_rollup_in_any_row_order_gives_the_same_totals(tmp_path: Path) -> None:
