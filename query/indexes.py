@@ -260,7 +260,7 @@ class PartIndexes:
         if minus.num_rows:
             minus = minus.set_column(1, "count", pc.negate(minus.column("count")))
             counts = _add_counts(counts, minus)
-        heads_shards = wanted if filtered else None
+        heads_shards = mask if filtered else None
         known = bounds(heads, counts, heads_shards)
         answer = prove(known, k)
         if answer is None:
