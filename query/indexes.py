@@ -260,13 +260,16 @@ class PartIndexes:
         if minus.num_rows:
             minus = minus.set_column(1, "count", pc.negate(minus.column("count")))
             counts = _add_counts(counts, minus)
-        heads_shards = mask if filtered else None
-        known = bounds(heads, counts, heads_shards)
+        if filtered and mask is not None:
+            # Filtered once here, not in each ``bounds`` call: a head of the asked shards lists
+            # the same of them, with the same threshold (``_look_up`` needs no more).
+            heads = [h.only(mask.of(h.shards)) for h in heads]
+        known = bounds(heads, counts)
         answer = prove(known, k)
         if answer is None:
             resolved = self._look_up(known, heads, tops, category, k)
             if resolved is not None:
-                answer = prove(bounds(heads, counts, heads_shards, resolved), k)
+                answer = prove(bounds(heads, counts, resolved=resolved), k)
         return answer
 
     def _look_up(

@@ -148,6 +148,11 @@ class TopList:
     shards: Ints
     threshold: int  # every producer not listed has at most this count (0: the list is complete)
 
+    def only(self, keep: Ints) -> TopList:
+        """The producers at ``keep`` (a boolean mask), the threshold unchanged: the head of the
+        part's rows of some shards (a producer lives in one shard)."""
+        return TopList(self.ids.filter(pa.array(keep)), self.counts[keep], self.shards[keep], self.threshold)
+
 
 @dataclass(frozen=True)
 class Span:
