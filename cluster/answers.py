@@ -230,10 +230,14 @@ class Answers:
         return {"count": agg.count, "sum": agg.sum}
 
     def answer_peer_from_indexes(self, request: dict[str, Any]) -> dict[str, Any] | None:
-        """``answer_peer`` for a count and sum the live buffer and in-memory indexes answer
-        alone (a fraction of a millisecond, no DuckDB); None for anything else, which the
-        caller then hands to ``answer_peer`` on a thread. Refuses what ``answer_peer`` refuses."""
+        """``answer_peer`` for a count, sum or top-k that the live buffer and the parts'
+        indexes answer alone (no DuckDB: a fraction of a millisecond to a few); None for
+        anything else, which the caller then hands to ``answer_peer`` on a thread. Refuses
+        what ``answer_peer`` refuses."""
         kind, cat, start, end, shards = self._peer_request(request)
+        if kind == "topk":
+            top = self.engine.topk_from_indexes(cat, start, end, int(request["k"]), shards)
+            return None if top is None else {"top": [[t.producer_id, t.count] for t in top]}
         if kind not in (None, "aggregate"):
             return None
         agg = self.engine.aggregate_from_indexes(cat, start, end, shards)

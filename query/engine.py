@@ -208,6 +208,20 @@ class Engine:
 
     def topk(self, category: str, start: int, end: int, k: int, shards: Sequence[int] | None = None) -> list[TopEntry]:
         """The ``k`` producers with the most events, by count desc then producer_id asc."""
+        out = self._topk(category, start, end, k, shards, duckdb_ok=True)
+        assert out is not None
+        return out
+
+    def topk_from_indexes(
+        self, category: str, start: int, end: int, k: int, shards: Sequence[int] | None = None
+    ) -> list[TopEntry] | None:
+        """``topk`` when the buffer and the parts' heads and rollups prove it (milliseconds at
+        most), else None: the exact answer or nothing, like ``aggregate_from_indexes``."""
+        return self._topk(category, start, end, k, shards, duckdb_ok=False)
+
+    def _topk(
+        self, category: str, start: int, end: int, k: int, shards: Sequence[int] | None, duckdb_ok: bool
+    ) -> list[TopEntry] | None:
         if k <= 0 or k > self.config.max_k:
             raise InvalidQuery(f"k must be between 1 and {self.config.max_k}")
         if start >= end:
@@ -216,6 +230,8 @@ class Engine:
             fast = self.indexes.topk(snap.state, snap.buffer, category, start, end, k, shards)
             if fast is not None:
                 return [TopEntry(p, c) for p, c in fast]
+            if not duckdb_ok:
+                return None
             buffered = snap.buffer.producer_counts(category, start, end, shards)
             sql = self.topk_sql(snap, start, end, shards)
             if sql is None:

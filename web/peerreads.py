@@ -13,9 +13,9 @@ secret (compared in constant time; 401 when wrong, 403 when this node has none a
 metrics under the route ``/internal/query``, and an access line for failures (successful
 internal requests are logged at debug only, as ``web/logging.py`` does).
 
-A count or sum that the live buffer and in-memory indexes answer (a fraction of a millisecond)
-is answered on the event loop; anything else (top-k, distinct, quantiles, or an answer that
-needs DuckDB) goes to the internal routes' thread pool, as before.
+A count, sum or top-k that the live buffer and the parts' indexes answer (a fraction of a
+millisecond to a few) is answered on the event loop; anything else (distinct, quantiles, or an
+answer that needs DuckDB) goes to the internal routes' thread pool, as before.
 """
 
 from __future__ import annotations

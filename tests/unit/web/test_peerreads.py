@@ -83,13 +83,17 @@ def test_answers_equal_answer_peer_on_the_loop_and_on_a_thread(node: Node, seed:
         status, head, got = _call(app, json.dumps(request).encode())
         assert status == 200 and head["content-type"] == "application/json"
         assert got == json.loads(json.dumps(node.answer_peer(request)))
-    assert node.answer_peer_from_indexes(_request(node, "topk", seed, k=3)) is None  # a thread's work
+    distinct = _request(node, "distinct", seed)
+    assert node.answer_peer_from_indexes(distinct) is None  # a thread's work
+    assert _call(app, json.dumps(distinct).encode())[2] == json.loads(json.dumps(node.answer_peer(distinct)))
 
 
-def test_a_count_that_needs_duckdb_is_answered_on_a_thread_exactly(node: Node) -> None:
+def test_an_answer_that_needs_duckdb_is_answered_on_a_thread_exactly(node: Node) -> None:
     request = _request(node, "aggregate", 99)
     request["start"], request["end"] = T0 - 7, T0 + 3 * 3_600_000_000_000 + 11
     expected = node.answer_peer(request)
+    top = {**request, "kind": "topk", "k": 5}
+    top_expected = node.answer_peer(top)
     cache = node.engine.indexes.cache
     with node.engine.snapshot() as snap:
         parts = list(snap.state.parts)
@@ -102,10 +106,15 @@ def test_a_count_that_needs_duckdb_is_answered_on_a_thread_exactly(node: Node) -
         status, _, got = _call(_app(node), json.dumps(request).encode())
         assert status == 200 and got == expected
         assert node.engine.duckdb_answers == before + 1
+        assert node.answer_peer_from_indexes(top) is None
+        status, _, got = _call(_app(node), json.dumps(top).encode())
+        assert status == 200 and got == top_expected
+        assert node.engine.duckdb_answers == before + 2
     finally:
         with cache._lock:
             cache._unusable.clear()
     assert node.answer_peer_from_indexes(request) == expected
+    assert node.answer_peer_from_indexes(top) == top_expected
 
 
 def test_the_secret_is_required_and_compared(node: Node) -> None:
