@@ -4,9 +4,10 @@
     uv run python -m bench.cluster --events 20000000     # the full W20
 
 Same workload, bodies, clients and queries as ``bench.run``. Steps: a single node takes 90% of
-the events and answers the queries (the reference, measured in this same run); then a cluster
-of ``--nodes`` nodes with ``--rf`` takes the same 90% through one coordinator (n1) and answers
-the same queries through another (n2) — every answer must equal the single node's; then one
+the events (the reference, measured in this same run); then a cluster of ``--nodes`` nodes with
+``--rf`` takes the same 90% through one coordinator (n1); both answer the same queries, the
+cluster through another coordinator (n2), each query asked of the single node and of the
+cluster in turn (``loader.run_side_by_side``) — every answer must equal the single node's; then one
 node is killed (``kill -9``), the last 10% are ingested without it, it is restarted on its data
 directory, and the time until every replica holds the same batches is measured; finally a node
 joins and the shards that moved, the rows shipped and the time to settle are measured. The
@@ -168,7 +169,8 @@ def _section(name: str, r: dict[str, Any]) -> str:
             f"{r['cluster_eps']:,.0f} ev/s |",
             f"| disk after ingest | {r['single_disk'] / 1e6:,.0f} MB | {r['cluster_disk'] / 1e6:,.0f} MB (all nodes) |",
             "",
-            "| query (p50 / p95 through a coordinator) | single node | cluster | cluster / single |",
+            "| query (p50 / p95 through a coordinator; single node and cluster asked in turn) | single node | "
+            "cluster | cluster / single |",
             "|---|---|---|---|",
             *rows,
             "",
@@ -202,22 +204,22 @@ def main(argv: list[str] | None = None) -> int:
     r: dict[str, Any] = {"events": workload.events, "nodes": args.nodes, "rf": args.rf, "load": load}
     r["command"] = command.strip()
 
-    _log("single node: ingest and queries (the reference)")
-    with ServerProcess(out / "single") as single, loader.ClientPool(single.url, args.clients) as pool:
-        pool.prepare(batches)
-        res = pool.ingest(head)
+    _log("single node: ingest (the reference)")
+    single = ServerProcess(out / "single")
+    single.start()
+    cluster = Cluster(out, args.nodes, args.rf)
+    try:
+        with loader.ClientPool(single.url, args.clients) as pool:
+            pool.prepare(batches)
+            res = pool.ingest(head)
         r["single_eps"], r["ingest_events"] = res.events_per_s, res.events
         _log(f"single node: {res.events:,} events in {res.seconds:.1f}s = {res.events_per_s:,.0f} ev/s")
         if wait_persisted([single.url]) is None:
             raise SystemExit("BENCH ABORTED: the single node did not persist in 300s")
         # Queried at rest, as bench.run does: once background compaction has settled.
         _log(f"single node: compaction settled after {wait_compacted([single.url])} s")
-        ref = loader.run_queries(single.url, queries)
         r["single_disk"] = disk_usage(out / "single")
-    r["single_cells"] = _cells(queries, ref.latencies_ms)
 
-    cluster = Cluster(out, args.nodes, args.rf)
-    try:
         _log(f"cluster: starting {args.nodes} nodes, rf={args.rf}")
         cluster.start()
         n1, n2, n3 = (cluster.nodes[k] for k in ("n1", "n2", "n3"))
@@ -226,11 +228,14 @@ def main(argv: list[str] | None = None) -> int:
             r["cluster_eps"] = res.events_per_s
             _log(f"cluster: {res.events:,} events in {res.seconds:.1f}s = {res.events_per_s:,.0f} ev/s via n1")
             # Queried once everything acknowledged is on disk and compacted, on both sides (as
-            # bench.run does).
+            # bench.run does); the single node (idle meanwhile) and the cluster are asked each
+            # query in turn, so their ratio compares the same moments of a shared machine.
             if wait_persisted([s.url for s in cluster.live()]) is None:
                 raise SystemExit("BENCH ABORTED: the cluster did not persist in 300s")
             _log(f"cluster: compaction settled after {wait_compacted([s.url for s in cluster.live()])} s")
-            run = loader.run_queries(n2.url, queries)
+            ref, run = loader.run_side_by_side([single.url, n2.url], queries)
+            single.stop()
+            r["single_cells"] = _cells(queries, ref.latencies_ms)
             r["cluster_cells"] = _cells(queries, run.latencies_ms)
             r["queries"], r["mismatches"] = len(queries), len(compare(queries, ref.answers, run.answers))
             _log(f"cluster: {len(queries)} queries via n2, {r['mismatches']} mismatches against the single node")
@@ -269,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     finally:
         cluster.stop()
+        single.stop()
     section = _section(f"cluster-{workload.name}", r)
     print(section)
     update_results(args.results, f"cluster-{workload.name}", section)

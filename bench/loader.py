@@ -274,18 +274,32 @@ def _answer(client: httpx.Client, q: Query) -> tuple[Answer, float]:
 
 def run_queries(url: str, queries: list[Query], floor_requests: int = 50) -> QueryRun:
     """Answers every query, after ``WARMUP_QUERIES`` unmeasured, then measures the HTTP floor."""
-    run = QueryRun([], [], [], [])
-    with httpx.Client(base_url=url, timeout=60.0) as client:
+    return run_side_by_side([url], queries, floor_requests)[0]
+
+
+def run_side_by_side(urls: list[str], queries: list[Query], floor_requests: int = 50) -> list[QueryRun]:
+    """``run_queries`` on several servers at once, interleaved: each query is asked of every
+    server in turn (the order reversed every other query) before the next, so a ratio between
+    two servers compares the same moments of a noisy machine, not two stretches of minutes."""
+    runs = [QueryRun([], [], [], []) for _ in urls]
+    clients = [httpx.Client(base_url=url, timeout=60.0) for url in urls]
+    try:
         for q in queries[:WARMUP_QUERIES]:
-            _answer(client, q)
-        for q in queries:
-            t0 = time.perf_counter()
-            answer, took = _answer(client, q)
-            run.latencies_ms.append((time.perf_counter() - t0) * 1000)
-            run.answers.append(answer)
-            run.took_ms.append(took)
+            for client in clients:
+                _answer(client, q)
+        for i, q in enumerate(queries):
+            for j in range(len(urls)) if i % 2 == 0 else reversed(range(len(urls))):
+                t0 = time.perf_counter()
+                answer, took = _answer(clients[j], q)
+                runs[j].latencies_ms.append((time.perf_counter() - t0) * 1000)
+                runs[j].answers.append(answer)
+                runs[j].took_ms.append(took)
         for _ in range(floor_requests):
-            t0 = time.perf_counter()
-            client.get("/health")
-            run.floor_ms.append((time.perf_counter() - t0) * 1000)
-    return run
+            for client, run in zip(clients, runs, strict=True):
+                t0 = time.perf_counter()
+                client.get("/health")
+                run.floor_ms.append((time.perf_counter() - t0) * 1000)
+    finally:
+        for client in clients:
+            client.close()
+    return runs
