@@ -141,15 +141,16 @@ def _cells(queries: list[Query], latencies: list[float]) -> dict[tuple[str, str]
 
 
 def _section(name: str, r: dict[str, Any]) -> str:
-    single, cluster = r["single_cells"], r["cluster_cells"]
+    single, cluster, alone = r["single_cells"], r["cluster_cells"], r["alone_cells"]
     rows = []
     for kind in KINDS:
         for rng in RANGES:
-            s, c = single.get((kind, rng)), cluster.get((kind, rng))
-            if s and c:
+            s, c, a = single.get((kind, rng)), cluster.get((kind, rng)), alone.get((kind, rng))
+            if s and c and a:
                 rows.append(
                     f"| {kind} {rng} | {s.p50_ms:.1f} / {s.p95_ms:.1f} ms | {c.p50_ms:.1f} / {c.p95_ms:.1f} ms | "
-                    f"{c.p50_ms / max(s.p50_ms, 1e-9):.2f} |"
+                    f"{c.p50_ms / max(s.p50_ms, 1e-9):.2f} | {a.p50_ms:.1f} / {a.p95_ms:.1f} ms | "
+                    f"{c.p50_ms / max(a.p50_ms, 1e-9):.2f} |"
                 )
     return "\n".join(
         [
@@ -169,9 +170,12 @@ def _section(name: str, r: dict[str, Any]) -> str:
             f"{r['cluster_eps']:,.0f} ev/s |",
             f"| disk after ingest | {r['single_disk'] / 1e6:,.0f} MB | {r['cluster_disk'] / 1e6:,.0f} MB (all nodes) |",
             "",
-            "| query (p50 / p95 through a coordinator; single node and cluster asked in turn) | single node | "
-            "cluster | cluster / single |",
-            "|---|---|---|---|",
+            "Single node and cluster asked each query in turn (the same moments); the single node also "
+            "alone, before the cluster started (the machine to itself, minutes earlier):",
+            "",
+            "| query (p50 / p95 through a coordinator) | single node | cluster | cluster / single | "
+            "single node alone | cluster / single alone |",
+            "|---|---|---|---|---|---|",
             *rows,
             "",
             "| fault or change | measured |",
@@ -219,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         # Queried at rest, as bench.run does: once background compaction has settled.
         _log(f"single node: compaction settled after {wait_compacted([single.url])} s")
         r["single_disk"] = disk_usage(out / "single")
+        r["alone_cells"] = _cells(queries, loader.run_queries(single.url, queries).latencies_ms)
 
         _log(f"cluster: starting {args.nodes} nodes, rf={args.rf}")
         cluster.start()
