@@ -213,14 +213,6 @@ class PartitionStore:
 
         return opened()
 
-    def _categories(self, parts: Sequence[Part]) -> list[str]:
-        """Every category of the parts' rows: their minute rollups name them."""
-        categories: set[str] = set()
-        for p in parts:
-            minute = pq.read_table(p.path(self.root, "rollup_minute"), columns=["category"])
-            categories.update(pc.unique(minute["category"]).to_pylist())
-        return sorted(categories)
-
     def _merge_events(self, parts: Sequence[Part], categories: list[str], rel: str) -> None:
         """The parts' events merged into one file, sorted by (category, timestamp), in bounded
         memory (``storage/eventmerge.py``); written in whole row groups."""
@@ -302,11 +294,12 @@ class PartitionStore:
         with self._lock:
             cur = self._con.cursor()
             try:
-                categories = self._categories(parts)
-                self._merge_events(parts, categories, files["events"])
                 minutes = merge_rollups(read("rollup_minute", MINUTE_ROLLUP_SCHEMA), MINUTE_ROLLUP_SCHEMA)
                 self._write_file(minutes, files["rollup_minute"], _MINUTE_OPTIONS)
+                # The minute rollups name every category of the parts' rows.
+                categories = sorted(pc.unique(minutes["category"]).to_pylist())
                 del minutes
+                self._merge_events(parts, categories, files["events"])
                 self._merge_producers(parts, categories, files["rollup_producer"])
                 for extra in self.extras:
                     tmp = str(self.root / files[extra.kind]) + ".tmp"
