@@ -67,7 +67,6 @@ class PartIndexes:
         self.cache = RollupCache(root, self.reader, self.config.cache)
         self._seen = -1
         self._subsets = False  # a query asked for some shards: warm the per-shard totals too
-        self._rewarm = False  # warm again although no part changed (the first subset query)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._warmer: threading.Thread | None = None
@@ -113,18 +112,20 @@ class PartIndexes:
             release_memory()  # loading reads whole rollup files; keep only the small indexes
 
     def _warm_loop(self) -> None:
-        warmed = -1
+        warmed: tuple[int, bool] | None = None  # (manifest version, subsets) of the last pass
         while not self._stop.is_set():
             # Woken by a query that saw new parts, or by itself every poll_s: new parts are
             # loaded right after a persist or a merge, before a query has to load them itself.
+            # The first subset query wakes it too: the parts warmed already need their per-shard
+            # totals as well.
             self._wake.wait(self.config.poll_s)
             self._wake.clear()
-            if self._stop.is_set() or (self.manifest.state.version == warmed and not self._rewarm):
+            if self._stop.is_set() or (self.manifest.state.version, self._subsets) == warmed:
                 continue
-            self._rewarm = False
+            subsets = self._subsets
             with self.manifest.pin() as state:  # no file of these parts is deleted meanwhile
                 self.warm(state)
-                warmed = state.version
+                warmed = (state.version, subsets)
 
     # -- count and sum ---------------------------------------------------------------------------
 
@@ -152,10 +153,7 @@ class PartIndexes:
                         # Some are (a coordinator asks us for the shards it lacks): per-shard
                         # totals and per-shard minutes, see query/shard_rollup.py.
                         if not self._subsets:
-                            # The first subset query: warm the per-shard totals of the parts
-                            # already warmed too, not only of parts still to come.
                             self._subsets = True
-                            self._rewarm = True
                             self._wake.set()
                         c, s = self.shards(part).aggregate(index, category, start, end, mask, self.reader)
                         count += c
