@@ -27,7 +27,7 @@ from query.part_reader import PartReader, ReaderConfig
 from query.rollup_cache import CacheConfig, PartIndex, PartTop, RollupCache, TopList, UnusableIndex
 from query.shard_rollup import PartShards, ShardMask, load_shards
 from query.timerange import ceil_to, floor_to
-from query.topk import RESOLVED_SCHEMA, Bounds, bounds, count_ids, prove, sum_by_id, top_of, unresolved
+from query.topk import RESOLVED_SCHEMA, Bounds, bounds, count_ids, heads_of, prove, sum_by_id, top_of, unresolved
 from storage.manifest import Manifest, ManifestState, Part
 from storage.memory import release_memory
 from storage.schema import HOUR_NS, MINUTE_NS
@@ -259,9 +259,8 @@ class PartIndexes:
             minus = minus.set_column(1, "count", pc.negate(minus.column("count")))
             counts = _add_counts(counts, minus)
         if filtered and mask is not None:
-            # Filtered once here, not in each ``bounds`` call: a head of the asked shards lists
-            # the same of them, with the same threshold (``_look_up`` needs no more).
-            heads = [h.only(mask.of(h.shards)) for h in heads]
+            # Once for both ``bounds`` calls; ``_look_up`` needs no more of a head than this.
+            heads = heads_of(heads, mask)
         known = bounds(heads, counts)
         answer = prove(known, k)
         if answer is None:

@@ -39,6 +39,7 @@ __all__ = [
     "Bounds",
     "bounds",
     "count_ids",
+    "heads_of",
     "merge_heads",
     "prove",
     "sum_by_id",
@@ -94,16 +95,17 @@ class Bounds:
     unknown: int
 
 
-def bounds(
-    heads: Sequence[TopList],
-    exact: pa.Table,
-    shards: ShardMask | None = None,
-    resolved: pa.Table | None = None,
-) -> Bounds:
+def heads_of(heads: Sequence[TopList], shards: ShardMask) -> list[TopList]:
+    """The heads limited to producers of ``shards`` (a producer lives in one shard, so a head's
+    threshold still bounds the unlisted ones)."""
+    return [h.only(shards.of(h.shards)) for h in heads]
+
+
+def bounds(heads: Sequence[TopList], exact: pa.Table, resolved: pa.Table | None = None) -> Bounds:
     """The bounds of every producer seen in ``heads`` or ``exact``.
 
-    ``exact`` holds exact ``(producer_id, count)`` of everything outside the heads' parts;
-    ``shards``, when given, limits the heads to producers of those shards. ``resolved`` holds
+    ``exact`` holds exact ``(producer_id, count)`` of everything outside the heads' parts (for a
+    shard subset, ``heads`` are already ``heads_of`` those shards). ``resolved`` holds
     ``(producer_id, count, known)`` rows: a producer's exact count in a part whose head does not
     list it, looked up, with that head's threshold as ``known`` (it no longer bounds the
     producer's count there, see ``unresolved``).
@@ -113,16 +115,9 @@ def bounds(
     low: list[npt.NDArray[Any]] = [exact.column("count").to_numpy()]
     known: list[npt.NDArray[Any]] = [np.zeros(exact.num_rows, dtype=np.int64)]
     for h in heads:
-        if shards is None:
-            id_arrays.append(h.ids)
-            low.append(h.counts)
-            n = len(h.counts)
-        else:
-            h = h.only(shards.of(h.shards))
-            id_arrays.append(h.ids)
-            low.append(h.counts)
-            n = len(h.counts)
-        known.append(np.full(n, h.threshold, dtype=np.int64))
+        id_arrays.append(h.ids)
+        low.append(h.counts)
+        known.append(np.full(len(h.counts), h.threshold, dtype=np.int64))
     if resolved is not None and resolved.num_rows:
         id_arrays.append(resolved.column("producer_id").combine_chunks())
         low.append(resolved.column("count").to_numpy())
@@ -196,4 +191,4 @@ def merge_heads(
     heads: Sequence[TopList], exact: pa.Table, k: int, shards: npt.NDArray[Any] | None = None
 ) -> list[tuple[str, int]] | None:
     """The exact top-k of (whole-hour heads + ``exact`` counts), or None when unprovable."""
-    return prove(bounds(heads, exact, None if shards is None else ShardMask(shards)), k)
+    return prove(bounds(heads if shards is None else heads_of(heads, ShardMask(shards)), exact), k)
