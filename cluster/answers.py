@@ -216,31 +216,33 @@ class Answers:
 
     def answer_peer(self, request: dict[str, Any]) -> dict[str, Any]:
         """A peer's scatter-gather request over some of our shards (``/internal/query``)."""
-        kind, cat, start, end, shards = self._peer_request(request)
-        if kind == "topk":
-            top = self.engine.topk(cat, start, end, int(request["k"]), shards)
-            return {"top": [[t.producer_id, t.count] for t in top]}
-        if kind == "distinct":
-            return self.distinct_partial(cat, start, end, bool(request.get("approx")), shards)
-        if kind == "quantiles":
-            return self.quantiles_partial(cat, start, end, bool(request.get("approx")), shards)
-        if kind == "topk_approx":
-            return self.topk_approx_partial(cat, start, end, int(request["k"]), shards)
-        agg = self.engine.aggregate(cat, start, end, shards)
-        return {"count": agg.count, "sum": agg.sum}
+        answer = self._answer_peer(request, duckdb_ok=True)
+        assert answer is not None
+        return answer
 
     def answer_peer_from_indexes(self, request: dict[str, Any]) -> dict[str, Any] | None:
         """``answer_peer`` for a count, sum or top-k that the live buffer and the parts'
         indexes answer alone (no DuckDB: a fraction of a millisecond to a few); None for
         anything else, which the caller then hands to ``answer_peer`` on a thread. Refuses
         what ``answer_peer`` refuses."""
+        return self._answer_peer(request, duckdb_ok=False)
+
+    def _answer_peer(self, request: dict[str, Any], duckdb_ok: bool) -> dict[str, Any] | None:
         kind, cat, start, end, shards = self._peer_request(request)
         if kind == "topk":
-            top = self.engine.topk_from_indexes(cat, start, end, int(request["k"]), shards)
+            topk = self.engine.topk if duckdb_ok else self.engine.topk_from_indexes
+            top = topk(cat, start, end, int(request["k"]), shards)
             return None if top is None else {"top": [[t.producer_id, t.count] for t in top]}
-        if kind not in (None, "aggregate"):
-            return None
-        agg = self.engine.aggregate_from_indexes(cat, start, end, shards)
+        if kind in ("distinct", "quantiles", "topk_approx"):
+            if not duckdb_ok:
+                return None  # sketches and exact values: a thread's work
+            if kind == "distinct":
+                return self.distinct_partial(cat, start, end, bool(request.get("approx")), shards)
+            if kind == "quantiles":
+                return self.quantiles_partial(cat, start, end, bool(request.get("approx")), shards)
+            return self.topk_approx_partial(cat, start, end, int(request["k"]), shards)
+        aggregate = self.engine.aggregate if duckdb_ok else self.engine.aggregate_from_indexes
+        agg = aggregate(cat, start, end, shards)
         return None if agg is None else {"count": agg.count, "sum": agg.sum}
 
     def _peer_request(self, request: dict[str, Any]) -> tuple[object, str, int, int, list[int]]:
