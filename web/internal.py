@@ -33,7 +33,7 @@ from storage.errors import StorageError
 from storage.shipping import ARROW_STREAM, PARQUET, pack_parquet, unpack
 from web.problem import problem
 
-__all__ = ["internal_router", "secret_refusal"]
+__all__ = ["BAD_BODY_ERRORS", "BAD_REQUEST", "internal_router", "secret_refusal", "secret_refused"]
 
 T = TypeVar("T")
 
@@ -49,9 +49,26 @@ def secret_refusal(peers: str, secret: str, insecure: bool) -> str | None:
     return None
 
 
+# What a malformed internal request is answered (a missing field, a field of the wrong type, a
+# refused value): the caller's error, not the server's.
+BAD_REQUEST = (400, "bad-internal-request", "The internal request is invalid")
+BAD_BODY_ERRORS: tuple[type[Exception], ...] = (StorageError, KeyError, ValueError)
+
+
+def secret_refused(expected: bytes, insecure: bool, got: bytes) -> tuple[int, str] | None:
+    """None when a request carrying ``got`` as the secret may use the internal routes; else
+    (status, detail): 403 when this node has no secret (unless ``insecure``), 401 when ``got``
+    is missing or wrong (compared in constant time)."""
+    if not expected:
+        return None if insecure else (403, "this node has no cluster secret; start it with --cluster-secret")
+    if not hmac.compare_digest(got, expected):
+        return 401, f"missing or wrong {SECRET_HEADER}"
+    return None
+
+
 def _bad_body(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     detail = getattr(exc, "detail", None) or str(exc)
-    return problem(400, "bad-internal-request", "The internal request is invalid", detail)
+    return problem(*BAD_REQUEST, detail)
 
 
 def internal_router(node: Node, secret: str, insecure: bool, limiter: anyio.CapacityLimiter) -> Router:
@@ -59,13 +76,10 @@ def internal_router(node: Node, secret: str, insecure: bool, limiter: anyio.Capa
     expected = secret.encode()
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        if not expected:
-            if insecure:
-                return
-            raise PermissionDeniedException("this node has no cluster secret; start it with --cluster-secret")
-        got = connection.headers.get(SECRET_HEADER.lower(), "").encode()
-        if not hmac.compare_digest(got, expected):
-            raise NotAuthorizedException(f"missing or wrong {SECRET_HEADER}")
+        refused = secret_refused(expected, insecure, connection.headers.get(SECRET_HEADER.lower(), "").encode())
+        if refused is not None:
+            status, detail = refused
+            raise (PermissionDeniedException if status == 403 else NotAuthorizedException)(detail)
 
     async def run(fn: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
@@ -124,10 +138,6 @@ def internal_router(node: Node, secret: str, insecure: bool, limiter: anyio.Capa
         path="/internal",
         route_handlers=[get_map, post_map, ingest, hints, sql, digests, batches, fetch, status],
         guards=[guard],
-        exception_handlers={
-            StorageError: _bad_body,
-            KeyError: _bad_body,
-            ValueError: _bad_body,
-        },
+        exception_handlers=dict.fromkeys(BAD_BODY_ERRORS, _bad_body),
         include_in_schema=False,
     )

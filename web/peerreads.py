@@ -20,8 +20,8 @@ answer that needs DuckDB) goes to the internal routes' thread pool, as before.
 
 from __future__ import annotations
 
-import hmac
 import time
+from http import HTTPStatus
 from typing import cast
 
 import anyio
@@ -33,7 +33,8 @@ from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receiv
 
 from cluster.node import Node
 from cluster.peers import SECRET_HEADER
-from storage.errors import StorageError, TributaryError
+from storage.errors import TributaryError
+from web.internal import BAD_BODY_ERRORS, BAD_REQUEST, secret_refused
 from web.metrics import Metrics
 from web.problem import problem_of, send_problem
 
@@ -43,6 +44,8 @@ PATH = "/internal/query"
 MAX_BODY_BYTES = 1 << 20  # a request names at most every shard: ~400 KB at 65,536 shards
 _SECRET_HEADER = SECRET_HEADER.lower().encode("latin-1")
 _JSON = [(b"content-type", b"application/json")]
+# The internal routes' malformed-body errors, and a body that is not JSON or not an object.
+_BAD_BODY: tuple[type[Exception], ...] = (msgspec.DecodeError, TypeError, *BAD_BODY_ERRORS)
 
 
 class _Refused(Exception):
@@ -98,21 +101,16 @@ class PeerReads:
             self._authorize(scope, method)
             request = msgspec.json.decode(await self._body(receive))
             if not isinstance(request, dict):
-                raise _Refused(400, "bad-internal-request", "The internal request is invalid", "not a JSON object")
-            try:
-                answer = self.node.answer_peer_from_indexes(request)
-                if answer is None:
-                    answer = await anyio.to_thread.run_sync(self.node.answer_peer, request, limiter=self.limiter)
-            except (KeyError, ValueError, TypeError, StorageError) as e:
-                # As ``web/internal.py`` answers its routes' bodies: a missing field or a field
-                # of the wrong type is the caller's error.
-                raise _Refused(400, "bad-internal-request", "The internal request is invalid", str(e)) from e
+                raise TypeError("not a JSON object")
+            answer = self.node.answer_peer_from_indexes(request)
+            if answer is None:
+                answer = await anyio.to_thread.run_sync(self.node.answer_peer, request, limiter=self.limiter)
         except _Refused as e:
             await send_problem(send, e.status, e.slug, e.title, e.detail)
             return e.status
-        except msgspec.DecodeError as e:
-            await send_problem(send, 400, "bad-internal-request", "The internal request is invalid", str(e))
-            return 400
+        except _BAD_BODY as e:  # before TributaryError: a StorageError is one
+            await send_problem(send, *BAD_REQUEST, str(e))
+            return BAD_REQUEST[0]
         except TributaryError as e:
             status, slug, title, detail, headers, extra = problem_of(e)
             if status == 500:
@@ -138,15 +136,11 @@ class PeerReads:
 
     def _authorize(self, scope: Scope, method: str) -> None:
         """The internal router's guard, then the method (as Litestar: auth before routing)."""
-        if not self.expected:
-            if not self.insecure:
-                raise _Refused(
-                    403, "forbidden", "Forbidden", "this node has no cluster secret; start it with --cluster-secret"
-                )
-        else:
-            got = next((v for k, v in scope["headers"] if k == _SECRET_HEADER), b"")
-            if not hmac.compare_digest(got, self.expected):
-                raise _Refused(401, "unauthorized", "Unauthorized", f"missing or wrong {SECRET_HEADER}")
+        got = next((v for k, v in scope["headers"] if k == _SECRET_HEADER), b"")
+        refused = secret_refused(self.expected, self.insecure, got)
+        if refused is not None:
+            status, detail = refused
+            raise _Refused(status, "forbidden" if status == 403 else "unauthorized", HTTPStatus(status).phrase, detail)
         if method != "POST":
             raise _Refused(405, "method-not-allowed", "Method not allowed", f"{method} is not allowed on {PATH}")
 
@@ -157,7 +151,7 @@ class PeerReads:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise _Refused(400, "bad-internal-request", "The internal request is invalid", "client disconnected")
+                raise _Refused(*BAD_REQUEST, "client disconnected")
             chunk = cast(bytes, message.get("body", b""))
             size += len(chunk)
             if size > MAX_BODY_BYTES:
