@@ -8,6 +8,7 @@ import asyncio
 import json
 import random
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,14 +24,19 @@ from web.settings import Settings
 SECRET = "s3cret"
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    n = Node(NodeConfig(data_dir=tmp_path_factory.mktemp("peerreads"), wal=WalConfig(fsync=False)))
+def _node(data_dir: Path) -> Node:
+    n = Node(NodeConfig(data_dir=data_dir, wal=WalConfig(fsync=False)))
     rng = random.Random(5)
     for i in range(3):
         n.ingest(random_events(rng, 2000, producers=300), key=f"b{i}")
         if i < 2:
             n.persist_now()  # parts and the live buffer both answer
+    return n
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    n = _node(tmp_path_factory.mktemp("peerreads"))
     yield n
     n.close()
 
@@ -88,33 +94,29 @@ def test_answers_equal_answer_peer_on_the_loop_and_on_a_thread(node: Node, seed:
     assert _call(app, json.dumps(distinct).encode())[2] == json.loads(json.dumps(node.answer_peer(distinct)))
 
 
-def test_an_answer_that_needs_duckdb_is_answered_on_a_thread_exactly(node: Node) -> None:
+def test_an_answer_that_needs_duckdb_is_answered_on_a_thread_exactly(tmp_path: Path) -> None:
+    node = _node(tmp_path)  # its parts are made unusable: a node of its own
     request = _request(node, "aggregate", 99)
     request["start"], request["end"] = T0 - 7, T0 + 3 * 3_600_000_000_000 + 11
-    expected = node.answer_peer(request)
     top = {**request, "kind": "topk", "k": 5}
-    top_expected = node.answer_peer(top)
-    cache = node.engine.indexes.cache
+    expected, top_expected = node.answer_peer(request), node.answer_peer(top)
+    assert node.answer_peer_from_indexes(request) == expected
+    assert node.answer_peer_from_indexes(top) == top_expected
     with node.engine.snapshot() as snap:
         parts = list(snap.state.parts)
     assert parts
-    try:
-        for part in parts:
-            cache.mark_unusable(part)
-        assert node.answer_peer_from_indexes(request) is None
-        before = node.engine.duckdb_answers
-        status, _, got = _call(_app(node), json.dumps(request).encode())
-        assert status == 200 and got == expected
-        assert node.engine.duckdb_answers == before + 1
-        assert node.answer_peer_from_indexes(top) is None
-        status, _, got = _call(_app(node), json.dumps(top).encode())
-        assert status == 200 and got == top_expected
-        assert node.engine.duckdb_answers == before + 2
-    finally:
-        with cache._lock:
-            cache._unusable.clear()
-    assert node.answer_peer_from_indexes(request) == expected
-    assert node.answer_peer_from_indexes(top) == top_expected
+    for part in parts:
+        node.engine.indexes.cache.mark_unusable(part)
+    assert node.answer_peer_from_indexes(request) is None
+    before = node.engine.duckdb_answers
+    status, _, got = _call(_app(node), json.dumps(request).encode())
+    assert status == 200 and got == expected
+    assert node.engine.duckdb_answers == before + 1
+    assert node.answer_peer_from_indexes(top) is None
+    status, _, got = _call(_app(node), json.dumps(top).encode())
+    assert status == 200 and got == top_expected
+    assert node.engine.duckdb_answers == before + 2
+    node.close()
 
 
 def test_the_secret_is_required_and_compared(node: Node) -> None:
