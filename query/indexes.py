@@ -111,6 +111,12 @@ class PartIndexes:
         if self.cache.loads != loads:
             release_memory()  # loading reads whole rollup files; keep only the small indexes
 
+    def warm_key(self) -> tuple[int, bool]:
+        """What a warm pass depends on: the parts (the manifest's version) and whether a query
+        asked for a shard subset (then per-shard totals are warmed too). The warmer runs a
+        pass whenever it changes."""
+        return self.manifest.state.version, self._subsets
+
     def _warm_loop(self) -> None:
         warmed: tuple[int, bool] | None = None  # (manifest version, subsets) of the last pass
         while not self._stop.is_set():
@@ -120,7 +126,7 @@ class PartIndexes:
             # totals as well.
             self._wake.wait(self.config.poll_s)
             self._wake.clear()
-            if self._stop.is_set() or (self.manifest.state.version, self._subsets) == warmed:
+            if self._stop.is_set() or self.warm_key() == warmed:
                 continue
             subsets = self._subsets
             with self.manifest.pin() as state:  # no file of these parts is deleted meanwhile
