@@ -117,23 +117,17 @@ class Reader:
         self.timeout_s = timeout_s
         self.on_stale = on_stale
         self.hinted = hinted
-        self._replicas: tuple[ClusterMap, list[tuple[str, ...]], frozenset[str]] | None = None
+        self._replicas_cache: tuple[ClusterMap, list[tuple[str, ...]], frozenset[str]] | None = None
         self._plans: tuple[ClusterMap, dict[frozenset[str], list[Plan | None]]] | None = None
 
-    def _read_replicas(self, cmap: ClusterMap) -> list[tuple[str, ...]]:
-        """Every shard's read replicas, computed once per map (a read plans over all shards)."""
-        return self._replicas_of(cmap)[1]
-
-    def _replica_nodes(self, cmap: ClusterMap) -> frozenset[str]:
-        """Every node that is some shard's read replica in ``cmap``."""
-        return self._replicas_of(cmap)[2]
-
-    def _replicas_of(self, cmap: ClusterMap) -> tuple[ClusterMap, list[tuple[str, ...]], frozenset[str]]:
-        cached = self._replicas
+    def _replicas(self, cmap: ClusterMap) -> tuple[list[tuple[str, ...]], frozenset[str]]:
+        """Every shard's read replicas, and every node among them: computed once per map (a
+        read plans over all shards)."""
+        cached = self._replicas_cache
         if cached is None or cached[0] is not cmap:
             replicas = [cmap.read_replicas(s) for s in range(cmap.shards)]
-            cached = self._replicas = (cmap, replicas, frozenset(n for r in replicas for n in r))
-        return cached
+            cached = self._replicas_cache = (cmap, replicas, frozenset(n for r in replicas for n in r))
+        return cached[1], cached[2]
 
     def _first_plan(self, cmap: ClusterMap, eligible: frozenset[str]) -> Plan:
         """A plan over every shard of ``cmap`` among the ``eligible`` nodes: one of
@@ -145,7 +139,7 @@ class Reader:
         i = _rng.randrange(PLAN_VARIANTS)
         made = variants[i]
         if made is None:
-            replicas = self._read_replicas(cmap)
+            replicas, _ = self._replicas(cmap)
             made = variants[i] = plan(
                 range(cmap.shards), lambda s: [n for n in replicas[s] if n in eligible], self.me, random.Random(i)
             )
@@ -171,7 +165,7 @@ class Reader:
         cmap = self.cmap()
         stale = False
         tried: dict[int, set[str]] = {}
-        replicas = self._read_replicas(cmap)
+        replicas, replica_nodes = self._replicas(cmap)
         eligible: dict[str, bool] = {}  # per round: asked once per node, not once per shard
 
         def candidates(s: int) -> list[str]:
@@ -191,7 +185,7 @@ class Reader:
         for round_ in range(max(1, cmap.rf) + 1):
             eligible.clear()
             if round_ == 0:  # every shard, nothing tried yet: depends on who is eligible only
-                nodes = frozenset(n for n in self._replica_nodes(cmap) if self._eligible(n))
+                nodes = frozenset(n for n in replica_nodes if self._eligible(n))
                 assignment, lost = self._first_plan(cmap, nodes)
             else:
                 assignment, lost = plan(todo, candidates, self.me)
