@@ -433,6 +433,7 @@ class Node:
         self.peers.close()
         if persist:
             self.persister.persist()
+        self.persister.close()
         self.wal.close()
         self.engine.close()
         self.store.close()

@@ -135,7 +135,7 @@ class PartitionStore:
                 "memory_limit": self.config.duckdb_memory_limit,
             }
         )
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one merge at a time; cursors made one at a time
         (root / "partitions").mkdir(parents=True, exist_ok=True)
 
     def close(self) -> None:
@@ -241,12 +241,13 @@ class PartitionStore:
         timestamp), which saves the sort.
 
         Returns the parts once every file is durable; the caller commits them to the manifest.
+        Several threads may write at once (the persister writes a generation's pieces side by
+        side): each part has its own id and files, and its own DuckDB cursor.
         """
         if rows.num_rows == 0:
             return []
         rows = rows.select(STORED_SCHEMA.names).cast(STORED_SCHEMA)
-        with self._lock:
-            return [self._write_part(hour, part_rows) for hour, part_rows in sort_rows(rows, by_category)]
+        return [self._write_part(hour, part_rows) for hour, part_rows in sort_rows(rows, by_category)]
 
     def _write_part(self, hour: int, rows: pa.Table) -> Part:
         """One part from the rows of one hour, already sorted by (category, timestamp)."""
@@ -257,7 +258,8 @@ class PartitionStore:
         producers = producer_rollup(rows)
         self._write_file(producers, files["rollup_producer"], _PRODUCER_OPTIONS)
         if self.extras:
-            cur = self._con.cursor()
+            with self._lock:  # a cursor is made from the shared connection one thread at a time
+                cur = self._con.cursor()
             try:
                 cur.register("part_rows", rows)
                 for extra in self.extras:

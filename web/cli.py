@@ -51,6 +51,7 @@ def serve(
     << 20,
     persist_bytes: Annotated[int, _opt("Persist the buffer at this size, bytes.", "PERSIST_BYTES")] = 16 << 20,
     persist_interval_s: Annotated[float, _opt("Persist the buffer at this age, s.", "PERSIST_INTERVAL_S")] = 10.0,
+    persist_workers: Annotated[int, _opt("Threads writing a persist's pieces at once.", "PERSIST_WORKERS")] = 2,
     compact_min_parts: Annotated[int, _opt("Compact an hour with this many parts.", "COMPACT_MIN_PARTS")] = 4,
     idempotency_window_s: Annotated[
         float, _opt("How long Idempotency-Keys are remembered, s.", "IDEMPOTENCY_WINDOW_S")

@@ -51,6 +51,7 @@ class Settings:
     max_buffer_bytes: int = 64 << 20
     persist_bytes: int = 16 << 20
     persist_interval_s: float = 10.0
+    persist_workers: int = 2  # threads writing a persist's pieces side by side
     compact_min_parts: int = 4
     idempotency_window_s: float = 3600.0
     idempotency_max_keys: int = 500_000
@@ -109,7 +110,9 @@ class Settings:
             shards=self.shards,
             wal=WalConfig(fsync=self.fsync),
             ingest=IngestConfig(max_buffer_bytes=self.max_buffer_bytes),
-            persist=PersistConfig(max_bytes=self.persist_bytes, max_age_s=self.persist_interval_s),
+            persist=PersistConfig(
+                max_bytes=self.persist_bytes, max_age_s=self.persist_interval_s, workers=self.persist_workers
+            ),
             compaction=CompactionConfig(min_parts=self.compact_min_parts),
             idempotency=IdempotencyConfig(window_s=self.idempotency_window_s, max_keys=self.idempotency_max_keys),
             engine=EngineConfig(timeout_s=self.query_timeout_s, max_k=self.topk_max_k),

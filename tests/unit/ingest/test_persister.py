@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import random
+import threading
 from pathlib import Path
+from typing import ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,7 +19,7 @@ from ingest.idempotency import IdempotencyIndex
 from ingest.persister import PersistConfig, Persister
 from ingest.run import Run
 from ingest.wal import Wal, WalConfig
-from storage.manifest import Manifest
+from storage.manifest import Manifest, Part
 from storage.partition import PartitionStore
 from storage.schema import HOUR_NS, STORED_SCHEMA
 from tests.eventgen import random_events, stored
@@ -85,3 +87,94 @@ def test_a_generation_persisted_in_pieces_stores_the_same_rows(tmp_path: Path, p
     assert whole_parts == 3  # one per hour
     assert pieced_parts > whole_parts
     assert pieced.state.wal_seq == whole.state.wal_seq == len(tables)
+
+
+def _node_parts(
+    root: Path, store_cls: type[PartitionStore], config: PersistConfig, tables: list[pa.Table]
+) -> tuple[Manifest, PartitionStore, LiveBuffer, Persister]:
+    """A persister over ``tables`` buffered (not yet persisted), writing through ``store_cls``."""
+    manifest = Manifest(root)
+    store = store_cls(root, manifest)
+    buffer = LiveBuffer()
+    wal = Wal(root / "wal", WalConfig(fsync=False))
+    keys = IdempotencyIndex(root / "idempotency.log")
+    for seq, t in enumerate(tables, start=1):
+        buffer.append(t, None, seq)
+    return manifest, store, buffer, Persister(buffer, wal, store, manifest, keys, config)
+
+
+def test_a_worker_share_sizes_the_pieces_within_the_bounds() -> None:
+    persister = Persister.__new__(Persister)
+    persister.config = PersistConfig(piece_bytes=16 << 20, min_piece_bytes=4 << 20, workers=2)
+    assert persister.piece_bytes(20 << 20) == 10 << 20  # half a generation each
+    assert persister.piece_bytes(64 << 20) == 16 << 20  # never above piece_bytes
+    assert persister.piece_bytes(2 << 20) == 4 << 20  # never below min_piece_bytes: one piece
+    persister.config = PersistConfig(piece_bytes=16 << 20, workers=1)
+    assert persister.piece_bytes(20 << 20) == 16 << 20  # one worker: pieces as big as allowed
+
+
+class _MeetingStore(PartitionStore):
+    """Each write waits until two writes are under way at once (or fails after 30 s)."""
+
+    meeting: ClassVar[threading.Barrier] = threading.Barrier(2, timeout=30)
+
+    def write(self, rows: pa.Table, by_category: object = None) -> list[Part]:  # type: ignore[override]
+        self.meeting.wait()
+        return super().write(rows, by_category)  # type: ignore[arg-type]
+
+
+def test_the_pieces_of_a_generation_are_written_at_the_same_time(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    tables = [stored(random_events(rng, 400, span=HOUR_NS), batch_id=i) for i in range(2)]
+    config = PersistConfig(piece_bytes=tables[0].nbytes, min_piece_bytes=1, workers=2)
+    manifest, store, buffer, persister = _node_parts(tmp_path, _MeetingStore, config, tables)
+    try:
+        # Written one after the other, the first write would wait at the barrier alone and fail.
+        assert persister.persist() == 800
+        assert len(manifest.state.parts) == 2 and manifest.state.wal_seq == 2 and buffer.total_rows == 0
+    finally:
+        persister.close()
+        store.close()
+
+
+class _FailingStore(PartitionStore):
+    """The write of the piece holding batch 1 fails while ``failing`` is set."""
+
+    failing: ClassVar[bool] = True
+    finished: ClassVar[list[int]] = []
+
+    def write(self, rows: pa.Table, by_category: object = None) -> list[Part]:  # type: ignore[override]
+        batches = set(rows["batch_id"].to_pylist())
+        if self.failing and 1 in batches:
+            raise OSError("disk full")
+        parts = super().write(rows, by_category)  # type: ignore[arg-type]
+        self.finished.extend(batches)
+        return parts
+
+
+def test_a_failed_piece_fails_the_persist_and_commits_nothing(tmp_path: Path) -> None:
+    """The parts written beside it are not committed (orphans); the rows stay in the buffer and
+    the next persist commits them all, once."""
+    _FailingStore.failing, _FailingStore.finished = True, []
+    rng = random.Random(5)
+    tables = [stored(random_events(rng, 300, span=2 * HOUR_NS), batch_id=i) for i in range(4)]
+    config = PersistConfig(piece_bytes=tables[0].nbytes, min_piece_bytes=1, workers=2)
+    manifest, store, buffer, persister = _node_parts(tmp_path, _FailingStore, config, tables)
+    try:
+        with pytest.raises(OSError, match="disk full"):
+            persister.persist()
+        # The piece written beside the failed one ran to its end before the persist gave up;
+        # the pieces after them were not started.
+        assert _FailingStore.finished == [0]
+        assert not manifest.state.parts
+        assert buffer.total_rows == 1200 and manifest.state.wal_seq == 0
+        _FailingStore.failing = False
+        assert persister.persist() == 1200
+        assert buffer.total_rows == 0 and manifest.state.wal_seq == 4
+        written = [pq.read_table(p.path(tmp_path, "events")) for p in manifest.state.parts]
+        assert sorted(b for t in written for b in t["batch_id"].to_pylist()) == sorted(
+            b for t in tables for b in t["batch_id"].to_pylist()
+        )
+    finally:
+        persister.close()
+        store.close()
