@@ -34,13 +34,11 @@ from storage.eventmerge import merge_events
 from storage.manifest import Manifest, Part, fsync_dir
 from storage.ordering import EVENTS_SORT_KEY, EVENTS_SORTED_BY, time_category_order
 from storage.rollup import (
-    MINUTE_ROLLUP_SCHEMA,
     PRODUCER_ROLLUP_SCHEMA,
-    merge_rollups,
     minute_rollup,
     producer_rollup,
 )
-from storage.rollupmerge import merge_producer_rollups
+from storage.rollupmerge import merge_minute_rollups, merge_producer_rollups
 from storage.schema import STORED_SCHEMA
 
 __all__ = ["PartExtra", "PartitionConfig", "PartitionStore", "hour_folder", "sort_rows"]
@@ -283,9 +281,6 @@ class PartitionStore:
         pid = self.manifest.allocate_part_id()
         files = self._paths(hour, pid)
 
-        def read(kind: str, schema: pa.Schema) -> list[pa.Table]:
-            return [pq.read_table(p.path(self.root, kind)).select(schema.names).cast(schema) for p in parts]
-
         def srcs(kind: str) -> str:
             return (
                 "read_parquet(["
@@ -296,7 +291,7 @@ class PartitionStore:
         with self._lock:
             cur = self._con.cursor()
             try:
-                minutes = merge_rollups(read("rollup_minute", MINUTE_ROLLUP_SCHEMA), MINUTE_ROLLUP_SCHEMA)
+                minutes = merge_minute_rollups([p.path(self.root, "rollup_minute") for p in parts])
                 self._write_file(minutes, files["rollup_minute"], _MINUTE_OPTIONS)
                 # The minute rollups name every category of the parts' rows.
                 categories = sorted(pc.unique(minutes["category"]).to_pylist())

@@ -1,4 +1,5 @@
-"""Merging producer rollup files in bounded memory: a category at a time.
+"""Merging rollup files in bounded memory: producer rollups a category at a time, minute
+rollups as integer arrays.
 
 A part's producer rollup is sorted by (category, shard, hour), so the rows of one category sit
 in a few row groups of each file, found by the groups' min/max statistics. A merge takes one
@@ -12,20 +13,33 @@ within one of those may come in another order (as Arrow's group-by meets them), 
 reader relies on. Equal inputs give equal files.
 
 A row group without statistics is read once and kept to the end: more memory, still exact.
+
+A minute rollup merge (``merge_minute_rollups``) reads the files one at a time into plain
+integer arrays (category rank, shard, minute, count, sum) and sums them after one integer sort.
+Arrow's hash aggregation over the concatenated tables took ~50 MiB to merge an hour of W20's
+minute rollups (240k rows, 10 MB) and was a merge's largest block of memory; the arrays take
+~12 MB. Sums are summed as int64 only while no total can overflow it; otherwise the files are
+merged with ``merge_rollups``, exact in DECIMAL(38,0).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from storage.eventmerge import CATEGORY_UNKNOWN, row_group_bounds
-from storage.rollup import PRODUCER_ROLLUP_SCHEMA, merge_rollups
+from storage.ordering import lex_order
+from storage.rollup import MINUTE_ROLLUP_SCHEMA, PRODUCER_ROLLUP_SCHEMA, SUM_ARROW, merge_rollups
 
-__all__ = ["merge_producer_rollups"]
+__all__ = ["merge_minute_rollups", "merge_producer_rollups"]
+
+_INT64_SAFE = float(1 << 62)  # margin below 2**63 for the float estimate of a sum of |sums|
 
 
 def merge_producer_rollups(paths: Sequence[str], categories: Sequence[str], write: Callable[[pa.Table], None]) -> int:
@@ -57,3 +71,61 @@ def merge_producer_rollups(paths: Sequence[str], categories: Sequence[str], writ
             write(merged)
             events += int(pc.sum(merged["count"]).as_py())
     return events
+
+
+def _read_minutes(path: str) -> pa.Table:
+    return pq.read_table(path, columns=MINUTE_ROLLUP_SCHEMA.names).select(MINUTE_ROLLUP_SCHEMA.names)
+
+
+def merge_minute_rollups(paths: Sequence[str]) -> pa.Table:
+    """The minute rollups in the files at ``paths`` summed per (category, shard, minute): the
+    rows ``merge_rollups`` gives for the same files (``MINUTE_ROLLUP_SCHEMA``, sorted by those
+    keys), in a fraction of its memory (see the module docstring)."""
+    dictionaries: list[pa.Array] = []
+    columns: list[list[npt.NDArray[Any]]] = [[] for _ in range(5)]  # codes, shard, minute, count, sum
+    bound = 0.0
+    for path in paths:
+        t = _read_minutes(path)
+        if t.num_rows == 0:
+            continue
+        try:
+            sums = pc.cast(t["sum"], pa.int64()).to_numpy()  # raises when a sum is outside int64
+        except pa.ArrowInvalid:
+            return merge_rollups([_read_minutes(p) for p in paths], MINUTE_ROLLUP_SCHEMA)
+        bound += float(np.abs(sums.astype(np.float64)).sum())
+        if bound >= _INT64_SAFE:  # the totals might overflow int64
+            return merge_rollups([_read_minutes(p) for p in paths], MINUTE_ROLLUP_SCHEMA)
+        encoded = pc.dictionary_encode(t["category"]).combine_chunks()
+        dictionaries.append(encoded.dictionary)
+        columns[0].append(encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64))
+        for i, name in enumerate(["shard", "minute", "count"], start=1):
+            columns[i].append(t[name].to_numpy())
+        columns[4].append(sums)
+        del t, encoded
+    if not dictionaries:
+        return MINUTE_ROLLUP_SCHEMA.empty_table()
+    # Each file's category codes -> ranks among every file's categories in byte order.
+    categories = pc.unique(pa.chunked_array(dictionaries).combine_chunks())
+    categories = categories.take(pc.sort_indices(categories.cast(pa.binary())))
+    ranks = []
+    for dictionary, codes in zip(dictionaries, columns[0], strict=True):
+        rank_of_code = pc.index_in(dictionary, value_set=categories).to_numpy(zero_copy_only=False)
+        ranks.append(rank_of_code.astype(np.int64)[codes])
+    rank = np.concatenate(ranks)
+    shard, minute, count, total = (np.concatenate(c) for c in columns[1:])
+    del ranks, columns
+    order = lex_order(rank, shard, minute - minute.min())
+    rank, shard, minute, count, total = rank[order], shard[order], minute[order], count[order], total[order]
+    firsts = np.flatnonzero(
+        np.concatenate(([True], (np.diff(rank) != 0) | (np.diff(shard) != 0) | (np.diff(minute) != 0)))
+    )
+    return pa.table(
+        [
+            categories.take(pa.array(rank[firsts])),
+            pa.array(shard[firsts], pa.uint16()),
+            pa.array(minute[firsts], pa.int64()),
+            pa.array(np.add.reduceat(count, firsts), pa.int64()),
+            pa.array(np.add.reduceat(total, firsts), pa.int64()).cast(SUM_ARROW),
+        ],
+        schema=MINUTE_ROLLUP_SCHEMA,
+    )
