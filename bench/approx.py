@@ -68,7 +68,7 @@ def _config(data: Path) -> NodeConfig:
         data_dir=data,
         wal=WalConfig(fsync=False),
         persist=PersistConfig(max_bytes=1 << 40, max_age_s=1e9),
-        compaction=CompactionConfig(min_parts=1 << 30),
+        compaction=CompactionConfig(min_parts=1 << 30, cold_after_s=0),
         compact_every_s=1e9,
     )
 

@@ -412,6 +412,7 @@ class Node:
             "buffer_rows": self.buffer.total_rows,
             "buffer_bytes": self.buffer.total_bytes,
             "parts": len(self.manifest.state.parts),
+            "compaction_pending_hours": self.compactor.pending_hours(),
             "persists": self.persister.persists,
             "wal_fsyncs": self.wal.fsyncs,
             "uptime_s": round(time.time() - self.started, 3),

@@ -1,5 +1,12 @@
 """Compaction: merge an hour's small parts into one, so queries open few files.
 
+Two rules pick what to merge. Size-tiered (``choose``) keeps the cost of a busy hour bounded
+while it is written. Once an hour has gone quiet, every part of it having been there for
+``CompactionConfig.cold_after_s``, its parts are merged whatever their sizes (``choose_cold``),
+as ClickHouse does with ``min_age_to_force_merge_seconds``: an hour at rest ends as one part
+instead of a big part and the few small ones that arrived after its last tiered merge, which
+cost every query of that hour more files and every event a share of their footers and sketches.
+
 The merged part replaces its sources in one manifest commit; the sources' files are deleted
 only when no reader still pins them. A crash before the commit leaves an orphan (deleted at the
 next start), a crash after it leaves garbage (likewise): nothing is lost or counted twice.
@@ -8,14 +15,14 @@ next start), a crash after it leaves garbage (likewise): nothing is lost or coun
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from storage.manifest import Manifest, Part
 from storage.memory import release_memory
 from storage.partition import PartitionStore
 
-__all__ = ["CompactionConfig", "Compactor", "choose"]
+__all__ = ["CompactionConfig", "Compactor", "choose", "choose_cold"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,8 @@ class CompactionConfig:
     # per round, and merging them at once took the node from 0.6 to 1.7 GB); more parts make
     # more merges in the same round.
     max_parts: int = 32
+    # An hour none of whose parts is newer than this is merged into one part (0: never).
+    cold_after_s: float = 60.0
 
 
 def choose(parts: Sequence[Part], config: CompactionConfig) -> list[Part]:
@@ -51,25 +60,70 @@ def choose(parts: Sequence[Part], config: CompactionConfig) -> list[Part]:
     return chosen if len(chosen) >= max(2, config.min_parts) else []
 
 
+def choose_cold(parts: Sequence[Part], config: CompactionConfig) -> list[Part]:
+    """The parts of a quiet hour to merge: as many as fit ``max_rows`` and ``max_parts``,
+    smallest first, whatever their sizes; nothing when that is fewer than two."""
+    chosen: list[Part] = []
+    rows = 0
+    for p in sorted(parts, key=lambda p: (p.rows, p.id)):
+        if rows + p.rows > config.max_rows or len(chosen) == config.max_parts:
+            break
+        chosen.append(p)
+        rows += p.rows
+    return chosen if len(chosen) >= 2 else []
+
+
 class Compactor:
-    def __init__(self, store: PartitionStore, manifest: Manifest, config: CompactionConfig | None = None) -> None:
+    def __init__(
+        self,
+        store: PartitionStore,
+        manifest: Manifest,
+        config: CompactionConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self.manifest = manifest
         self.config = config or CompactionConfig()
         self.compactions = 0  # hours merged so far
         self.compact_seconds = 0.0  # wall time of those merges, for the compaction-duration metric
+        self._clock = clock
+        # When this compactor first saw each part: a part's age for ``cold_after_s`` (parts found
+        # at start count from then, so a restart delays a quiet hour's merge, never hastens it).
+        self._seen: dict[int, float] = {}
+
+    def _quiet(self, parts: Sequence[Part], now: float) -> bool:
+        """Whether every part of an hour has been there for ``cold_after_s``."""
+        cold = self.config.cold_after_s
+        return cold > 0 and all(now - self._seen[p.id] >= cold for p in parts)
 
     def candidates(self) -> list[list[Part]]:
         """Groups of parts worth merging, hour by hour, smallest parts first: an hour with more
-        than ``max_parts`` small parts gives several groups (disjoint), merged one after another."""
+        than ``max_parts`` small parts gives several groups (disjoint), merged one after another.
+        An hour that is quiet (see the module docstring) and not merged by size gives one group
+        of as many of its parts as a merge takes."""
+        now = self._clock()
+        hours = self.manifest.state.hours()
+        self._seen = {p.id: self._seen.get(p.id, now) for parts in hours.values() for p in parts}
         groups: list[list[Part]] = []
-        for _hour, parts in sorted(self.manifest.state.hours().items()):
+        for _hour, parts in sorted(hours.items()):
             left = list(parts)
             while group := choose(left, self.config):
                 groups.append(group)
                 taken = {p.id for p in group}
                 left = [p for p in left if p.id not in taken]
+            if len(left) == len(parts) and self._quiet(parts, now) and (group := choose_cold(parts, self.config)):
+                groups.append(group)
         return groups
+
+    def pending_hours(self) -> int:
+        """Hours that a background round would merge now or, once they are quiet, later: 0
+        means compaction has nothing left to do until new parts arrive."""
+        cold = self.config.cold_after_s > 0
+        return sum(
+            1
+            for parts in self.manifest.state.hours().values()
+            if choose(parts, self.config) or (cold and choose_cold(parts, self.config))
+        )
 
     def compact_hour(self, parts: list[Part]) -> Part:
         t0 = time.perf_counter()

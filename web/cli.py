@@ -53,6 +53,9 @@ def serve(
     persist_interval_s: Annotated[float, _opt("Persist the buffer at this age, s.", "PERSIST_INTERVAL_S")] = 10.0,
     persist_workers: Annotated[int, _opt("Threads writing a persist's pieces at once.", "PERSIST_WORKERS")] = 2,
     compact_min_parts: Annotated[int, _opt("Compact an hour with this many parts.", "COMPACT_MIN_PARTS")] = 4,
+    compact_cold_s: Annotated[
+        float, _opt("Merge an hour into one part once its parts are this old, s (0 = never).", "COMPACT_COLD_S")
+    ] = 60.0,
     idempotency_window_s: Annotated[
         float, _opt("How long Idempotency-Keys are remembered, s.", "IDEMPOTENCY_WINDOW_S")
     ] = 3600.0,

@@ -53,6 +53,7 @@ class Settings:
     persist_interval_s: float = 10.0
     persist_workers: int = 2  # threads writing a persist's pieces side by side
     compact_min_parts: int = 4
+    compact_cold_s: float = 60.0  # an hour whose parts are all this old is merged into one
     idempotency_window_s: float = 3600.0
     idempotency_max_keys: int = 500_000
     slice_index_max_bytes: int = 64 << 20  # batch ids in memory; older hours reread from disk
@@ -113,7 +114,7 @@ class Settings:
             persist=PersistConfig(
                 max_bytes=self.persist_bytes, max_age_s=self.persist_interval_s, workers=self.persist_workers
             ),
-            compaction=CompactionConfig(min_parts=self.compact_min_parts),
+            compaction=CompactionConfig(min_parts=self.compact_min_parts, cold_after_s=self.compact_cold_s),
             idempotency=IdempotencyConfig(window_s=self.idempotency_window_s, max_keys=self.idempotency_max_keys),
             engine=EngineConfig(timeout_s=self.query_timeout_s, max_k=self.topk_max_k),
             sandbox=SandboxConfig(

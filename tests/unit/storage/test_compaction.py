@@ -141,3 +141,58 @@ def test_a_forced_round_merges_an_hour_down_to_one_part_max_parts_at_a_time(tmp_
     want = sorted((r["timestamp"], r["producer_id"]) for t in tables for r in t.to_pylist())
     assert got == want
     store.close()
+
+
+class _Hours:
+    """A manifest stand-in for ``Compactor.candidates`` and ``pending_hours``: hour -> parts."""
+
+    def __init__(self, hours: dict[int, list[Part]]) -> None:
+        self.hours_map = hours
+        self.state = self
+
+    def hours(self) -> dict[int, list[Part]]:
+        return self.hours_map
+
+
+def test_a_quiet_hour_is_merged_into_one_part_whatever_the_sizes() -> None:
+    """A big part and the two small ones that came after its tiered merge: size-tiered leaves
+    them (too few); once every part has been there cold_after_s, all three are merged."""
+    now = [1000.0]
+    hour = _parts([800_000, 40_000, 30_000])
+    manifest = _Hours({0: hour})
+    compactor = Compactor(None, manifest, CFG, clock=lambda: now[0])  # type: ignore[arg-type]
+    assert compactor.candidates() == [] and compactor.pending_hours() == 1  # first seen now
+    now[0] += CFG.cold_after_s - 1
+    assert compactor.candidates() == []
+    now[0] += 1
+    assert [_rows(g) for g in compactor.candidates()] == [[30_000, 40_000, 800_000]]
+
+
+def test_a_new_part_keeps_its_hour_from_being_quiet() -> None:
+    now = [0.0]
+    manifest = _Hours({0: _parts([800_000, 40_000])})
+    compactor = Compactor(None, manifest, CFG, clock=lambda: now[0])  # type: ignore[arg-type]
+    compactor.candidates()
+    now[0] += CFG.cold_after_s / 2
+    manifest.hours_map[0] = [*manifest.hours_map[0], Part(id=7, hour=0, rows=5, min_ts=0, max_ts=1, files={})]
+    compactor.candidates()  # part 7 first seen now
+    now[0] += CFG.cold_after_s / 2
+    assert compactor.candidates() == []  # the first two are cold, part 7 is not
+    now[0] += CFG.cold_after_s / 2
+    assert [_rows(g) for g in compactor.candidates()] == [[5, 40_000, 800_000]]
+
+
+def test_quiet_merges_keep_the_bounds_and_can_be_turned_off() -> None:
+    now = [0.0]
+    big = _parts([15_000_000, 10_000_000, 3_000])  # all three exceed max_rows: the two smallest
+    off = CompactionConfig(min_parts=4, cold_after_s=0)
+    on = Compactor(None, _Hours({0: big}), CFG, clock=lambda: now[0])  # type: ignore[arg-type]
+    never = Compactor(None, _Hours({0: big}), off, clock=lambda: now[0])  # type: ignore[arg-type]
+    on.candidates(), never.candidates()
+    now[0] += 3600
+    assert [_rows(g) for g in on.candidates()] == [[3_000, 10_000_000]]
+    assert never.candidates() == [] and never.pending_hours() == 0
+    alone = Compactor(None, _Hours({0: _parts([20_000_000, 5])}), CFG, clock=lambda: now[0])  # type: ignore[arg-type]
+    alone.candidates()
+    now[0] += 3600
+    assert alone.candidates() == [] and alone.pending_hours() == 0  # nothing that fits max_rows
