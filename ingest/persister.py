@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from ingest.buffer import Generation, LiveBuffer
@@ -136,8 +136,8 @@ class Persister:
             try:
                 parts += self._write_piece(group[0])
             finally:  # every piece finishes (or fails) before the persist goes on or gives up
-                for f in futures:
-                    parts += f.result()
+                wait(futures)
+            parts += [part for f in futures for part in f.result()]  # raises a piece's error
         return parts
 
     def _write_piece(self, piece: Generation) -> list[Part]:
