@@ -48,19 +48,29 @@ def test_pieces_cover_the_runs_in_order_within_the_limit(sizes: list[int], limit
         assert a.nbytes + b.runs[0].nbytes > limit  # a piece is cut only when the next run does not fit
 
 
-def _persist(root: Path, tables: list[pa.Table], piece_bytes: int) -> tuple[Manifest, int]:
+def _node_parts(
+    root: Path, store_cls: type[PartitionStore], config: PersistConfig, tables: list[pa.Table]
+) -> tuple[Manifest, PartitionStore, LiveBuffer, Persister]:
+    """A persister over ``tables`` buffered (not yet persisted), writing through ``store_cls``."""
     manifest = Manifest(root)
-    store = PartitionStore(root, manifest)
+    store = store_cls(root, manifest)
     buffer = LiveBuffer()
     wal = Wal(root / "wal", WalConfig(fsync=False))
     keys = IdempotencyIndex(root / "idempotency.log")
     for seq, t in enumerate(tables, start=1):
         buffer.append(t, None, seq)
-    persister = Persister(buffer, wal, store, manifest, keys, PersistConfig(piece_bytes=piece_bytes))
+    return manifest, store, buffer, Persister(buffer, wal, store, manifest, keys, config)
+
+
+def _persist(root: Path, tables: list[pa.Table], piece_bytes: int) -> tuple[Manifest, int]:
+    manifest, store, buffer, persister = _node_parts(
+        root, PartitionStore, PersistConfig(piece_bytes=piece_bytes), tables
+    )
     try:
         assert persister.persist() == sum(t.num_rows for t in tables)
         assert buffer.total_rows == 0 and persister.persists == 1
     finally:
+        persister.close()
         store.close()
     return manifest, len(manifest.state.parts)
 
@@ -87,20 +97,6 @@ def test_a_generation_persisted_in_pieces_stores_the_same_rows(tmp_path: Path, p
     assert whole_parts == 3  # one per hour
     assert pieced_parts > whole_parts
     assert pieced.state.wal_seq == whole.state.wal_seq == len(tables)
-
-
-def _node_parts(
-    root: Path, store_cls: type[PartitionStore], config: PersistConfig, tables: list[pa.Table]
-) -> tuple[Manifest, PartitionStore, LiveBuffer, Persister]:
-    """A persister over ``tables`` buffered (not yet persisted), writing through ``store_cls``."""
-    manifest = Manifest(root)
-    store = store_cls(root, manifest)
-    buffer = LiveBuffer()
-    wal = Wal(root / "wal", WalConfig(fsync=False))
-    keys = IdempotencyIndex(root / "idempotency.log")
-    for seq, t in enumerate(tables, start=1):
-        buffer.append(t, None, seq)
-    return manifest, store, buffer, Persister(buffer, wal, store, manifest, keys, config)
 
 
 def test_a_worker_share_sizes_the_pieces_within_the_bounds() -> None:
