@@ -64,7 +64,7 @@ class Stage:
     events: int
     ingest: loader.IngestResult
     settle_s: float | None  # from the last acknowledgement to an empty live buffer
-    compacted_s: float | None  # from then until the part count stayed put
+    compacted_s: float | None  # from then until compaction had no hour left to merge
     parts: int | None
     disk_bytes: int  # allocated under the data directory, at rest, server running
     # Filled in as the run goes (the RSS peaks once the sampler is closed):
