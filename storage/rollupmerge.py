@@ -34,12 +34,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from storage.eventmerge import CATEGORY_UNKNOWN, row_group_bounds
-from storage.ordering import lex_order
-from storage.rollup import MINUTE_ROLLUP_SCHEMA, PRODUCER_ROLLUP_SCHEMA, SUM_ARROW, merge_rollups
+from storage.ordering import lex_order, string_ranks
+from storage.rollup import MINUTE_ROLLUP_SCHEMA, PRODUCER_ROLLUP_SCHEMA, SUM_ARROW, int64_sums_are_exact, merge_rollups
 
 __all__ = ["merge_minute_rollups", "merge_producer_rollups"]
-
-_INT64_SAFE = float(1 << 62)  # margin below 2**63 for the float estimate of a sum of |sums|
 
 
 def merge_producer_rollups(paths: Sequence[str], categories: Sequence[str], write: Callable[[pa.Table], None]) -> int:
@@ -81,39 +79,39 @@ def merge_minute_rollups(paths: Sequence[str]) -> pa.Table:
     """The minute rollups in the files at ``paths`` summed per (category, shard, minute): the
     rows ``merge_rollups`` gives for the same files (``MINUTE_ROLLUP_SCHEMA``, sorted by those
     keys), in a fraction of its memory (see the module docstring)."""
+
+    def exact() -> pa.Table:
+        return merge_rollups([_read_minutes(p) for p in paths], MINUTE_ROLLUP_SCHEMA)
+
     dictionaries: list[pa.Array] = []
-    columns: list[list[npt.NDArray[Any]]] = [[] for _ in range(5)]  # codes, shard, minute, count, sum
-    bound = 0.0
+    codes: list[npt.NDArray[Any]] = []
+    columns: dict[str, list[npt.NDArray[Any]]] = {"shard": [], "minute": [], "count": [], "sum": []}
     for path in paths:
         t = _read_minutes(path)
         if t.num_rows == 0:
             continue
         try:
-            sums = pc.cast(t["sum"], pa.int64()).to_numpy()  # raises when a sum is outside int64
+            columns["sum"].append(pc.cast(t["sum"], pa.int64()).to_numpy())  # raises outside int64
         except pa.ArrowInvalid:
-            return merge_rollups([_read_minutes(p) for p in paths], MINUTE_ROLLUP_SCHEMA)
-        bound += float(np.abs(sums.astype(np.float64)).sum())
-        if bound >= _INT64_SAFE:  # the totals might overflow int64
-            return merge_rollups([_read_minutes(p) for p in paths], MINUTE_ROLLUP_SCHEMA)
+            return exact()
         encoded = pc.dictionary_encode(t["category"]).combine_chunks()
         dictionaries.append(encoded.dictionary)
-        columns[0].append(encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64))
-        for i, name in enumerate(["shard", "minute", "count"], start=1):
-            columns[i].append(t[name].to_numpy())
-        columns[4].append(sums)
+        codes.append(encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64))
+        for name in ("shard", "minute", "count"):
+            columns[name].append(t[name].to_numpy())
         del t, encoded
     if not dictionaries:
         return MINUTE_ROLLUP_SCHEMA.empty_table()
-    # Each file's category codes -> ranks among every file's categories in byte order.
-    categories = pc.unique(pa.chunked_array(dictionaries).combine_chunks())
-    categories = categories.take(pc.sort_indices(categories.cast(pa.binary())))
-    ranks = []
-    for dictionary, codes in zip(dictionaries, columns[0], strict=True):
-        rank_of_code = pc.index_in(dictionary, value_set=categories).to_numpy(zero_copy_only=False)
-        ranks.append(rank_of_code.astype(np.int64)[codes])
-    rank = np.concatenate(ranks)
-    shard, minute, count, total = (np.concatenate(c) for c in columns[1:])
-    del ranks, columns
+    shard, minute, count, total = (np.concatenate(columns[name]) for name in ("shard", "minute", "count", "sum"))
+    del columns
+    if not int64_sums_are_exact(total):  # the totals might overflow int64
+        return exact()
+    # Each file's category codes -> ranks among every file's categories in byte order: the
+    # dictionaries, concatenated, ranked once.
+    dictionary_ranks, categories = string_ranks(pa.concat_arrays(dictionaries))
+    offsets = np.cumsum([0, *(len(d) for d in dictionaries)])
+    rank = np.concatenate([dictionary_ranks[offsets[i] + c] for i, c in enumerate(codes)])
+    del codes
     order = lex_order(rank, shard, minute - minute.min())
     rank, shard, minute, count, total = rank[order], shard[order], minute[order], count[order], total[order]
     firsts = np.flatnonzero(
