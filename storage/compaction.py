@@ -46,31 +46,30 @@ def choose(parts: Sequence[Part], config: CompactionConfig) -> list[Part]:
     each row is rewritten about log2(parts) times, not at every merge of its hour, and a busy
     hour's merge cost and memory stop growing with the hour. Nothing when fewer than
     ``min_parts`` would be merged."""
-    chosen: list[Part] = []
-    rows = 0
-    for p in sorted(parts, key=lambda p: (p.rows, p.id)):
-        if chosen and (
-            p.rows > max(2 * rows, config.small_rows)
-            or rows + p.rows > config.max_rows
-            or len(chosen) == config.max_parts
-        ):
-            break
-        chosen.append(p)
-        rows += p.rows
+    chosen = _smallest_first(parts, config, tiered=True)
     return chosen if len(chosen) >= max(2, config.min_parts) else []
 
 
 def choose_cold(parts: Sequence[Part], config: CompactionConfig) -> list[Part]:
     """The parts of a quiet hour to merge: as many as fit ``max_rows`` and ``max_parts``,
     smallest first, whatever their sizes; nothing when that is fewer than two."""
+    chosen = _smallest_first(parts, config, tiered=False)
+    return chosen if len(chosen) >= 2 else []
+
+
+def _smallest_first(parts: Sequence[Part], config: CompactionConfig, tiered: bool) -> list[Part]:
+    """The smallest parts, while they fit ``max_rows`` and ``max_parts`` and, when ``tiered``,
+    while the next is at most twice those taken (or small)."""
     chosen: list[Part] = []
     rows = 0
     for p in sorted(parts, key=lambda p: (p.rows, p.id)):
         if rows + p.rows > config.max_rows or len(chosen) == config.max_parts:
             break
+        if tiered and chosen and p.rows > max(2 * rows, config.small_rows):
+            break
         chosen.append(p)
         rows += p.rows
-    return chosen if len(chosen) >= 2 else []
+    return chosen
 
 
 class Compactor:
