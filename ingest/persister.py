@@ -50,6 +50,12 @@ class PersistConfig:
     min_piece_bytes: int = 4 << 20
     workers: int = 2  # pieces written at once (see the module docstring)
 
+    def piece_limit(self, nbytes: int) -> int:
+        """The most bytes of runs in one piece of a generation of ``nbytes``: about a worker's
+        share, within ``[min_piece_bytes, piece_bytes]``."""
+        share = -(-nbytes // max(1, self.workers))
+        return max(min(share, self.piece_bytes), min(self.min_piece_bytes, self.piece_bytes))
+
 
 class Persister:
     def __init__(
@@ -116,17 +122,10 @@ class Persister:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
-    def piece_bytes(self, nbytes: int) -> int:
-        """The most bytes of runs in one piece of a generation of ``nbytes``: about a worker's
-        share, within ``[min_piece_bytes, piece_bytes]``."""
-        c = self.config
-        share = -(-nbytes // max(1, c.workers))
-        return max(min(share, c.piece_bytes), min(c.min_piece_bytes, c.piece_bytes))
-
     def _write(self, g: Generation) -> list[Part]:
         """``g``'s rows as parts, in pieces of whole runs written side by side: this thread
         writes the first piece, the pool the others."""
-        pieces = g.pieces(self.piece_bytes(g.nbytes))
+        pieces = g.pieces(self.config.piece_limit(g.nbytes))
         if self._pool is None or len(pieces) == 1:
             return [part for piece in pieces for part in self._write_piece(piece)]
         parts: list[Part] = []

@@ -100,13 +100,12 @@ def test_a_generation_persisted_in_pieces_stores_the_same_rows(tmp_path: Path, p
 
 
 def test_a_worker_share_sizes_the_pieces_within_the_bounds() -> None:
-    persister = Persister.__new__(Persister)
-    persister.config = PersistConfig(piece_bytes=16 << 20, min_piece_bytes=4 << 20, workers=2)
-    assert persister.piece_bytes(20 << 20) == 10 << 20  # half a generation each
-    assert persister.piece_bytes(64 << 20) == 16 << 20  # never above piece_bytes
-    assert persister.piece_bytes(2 << 20) == 4 << 20  # never below min_piece_bytes: one piece
-    persister.config = PersistConfig(piece_bytes=16 << 20, workers=1)
-    assert persister.piece_bytes(20 << 20) == 16 << 20  # one worker: pieces as big as allowed
+    config = PersistConfig(piece_bytes=16 << 20, min_piece_bytes=4 << 20, workers=2)
+    assert config.piece_limit(20 << 20) == 10 << 20  # half a generation each
+    assert config.piece_limit(64 << 20) == 16 << 20  # never above piece_bytes
+    assert config.piece_limit(2 << 20) == 4 << 20  # never below min_piece_bytes: one piece
+    one = PersistConfig(piece_bytes=16 << 20, workers=1)
+    assert one.piece_limit(20 << 20) == 16 << 20  # one worker: pieces as big as allowed
 
 
 class _MeetingStore(PartitionStore):
