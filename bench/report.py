@@ -144,15 +144,23 @@ def _targets(r: RunReport) -> list[str]:
                 None if ing is None else ing.events_per_s >= floor,
             )
         )
-    peak = max(t.rss_peaks.values()) if t and t.rss_peaks else None
-    rows.append(
-        (
-            "peak RSS, loading and queries",
-            "<= 300 MiB",
-            "–" if peak is None else f"{peak / MIB:.0f} MiB",
-            None if peak is None else peak <= 300 * MIB,
+    # The issue names two figures: after loading (the node at rest, answering queries) and under
+    # sustained ingest (loading, and the compaction that follows it).
+    peaks = t.rss_peaks if t and t.rss_peaks else {}
+    serving = peaks.get("queries")
+    loading = max((peaks[p] for p in ("ingest", "settle") if p in peaks), default=None)
+    for label, peak in [
+        ("peak RSS after loading W20 (answering the queries)", serving),
+        ("peak RSS under sustained ingest (loading, then compacting)", loading),
+    ]:
+        rows.append(
+            (
+                label,
+                "<= 300 MiB",
+                "–" if peak is None else f"{peak / MIB:.0f} MiB",
+                None if peak is None else peak <= 300 * MIB,
+            )
         )
-    )
     bpe = t.disk_stopped / t.events if t and t.events else None
     loaded = f" ({t.disk_loaded / t.events:.1f} as loaded, before compaction)" if t and t.disk_loaded else ""
     rows.append(
