@@ -3,14 +3,13 @@
 ``ingest.decode`` is exact but decodes with msgspec and builds its columns from Python objects,
 about 0.8 µs of CPU per event with the GIL held: with a request thread per core, JSON ingest was
 capped by the GIL, not by the cores. DuckDB's reader (yyjson, in C++) does the same work with the
-GIL released, in about two thirds of the CPU (0.5 µs per event, the spooling included), so two
-requests decode side by side.
+GIL released, in about half the CPU, so two requests decode side by side.
 
 DuckDB's reader is lenient where the ingest contract is strict: it rounds ``1.5`` into a BIGINT,
 reads ``true`` and ``"12"`` as integers and ``5`` as a string. So the reader keeps each field as
-its JSON text, and the scan takes a body only if every such text is what the contract allows: an
-integer written as a JSON integer (no fraction, no exponent; the text round-trips through BIGINT),
-a string written as a JSON string. ``scan`` returns None whenever it cannot vouch for a body: any
+its JSON text, and the scan keeps a row only if that text is what the contract allows: an integer
+written as a JSON integer (no fraction, no exponent; the text round-trips through BIGINT), a
+string written as a JSON string. ``scan`` returns None whenever it cannot vouch for a body: any
 row outside that shape (a null, a missing field, an RFC 3339 timestamp, a float), a body DuckDB
 cannot read, or no rows at all. The caller then decodes with msgspec, which accepts what the
 contract accepts and names the first offending event for everything else. Values still go
@@ -36,8 +35,8 @@ import pyarrow as pa
 __all__ = ["scan"]
 
 # Each field is read as its JSON text. An integer's text is canonical when it round-trips through
-# BIGINT (no fraction, no exponent; "-0" does not, and msgspec takes it); a string's text starts
-# with a quote, and is sliced when it holds no escape (the common case), else unescaped by DuckDB.
+# BIGINT (no sign, no leading zero, no fraction, no exponent); a string's text starts with a quote,
+# and is sliced when it holds no escape (the common case), else unescaped by DuckDB.
 _SQL = """
 WITH raw AS (
     SELECT timestamp::VARCHAR AS t, category::VARCHAR AS c, value::VARCHAR AS v, producer_id::VARCHAR AS p
