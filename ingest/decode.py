@@ -4,10 +4,6 @@
 ``storage.schema.EVENT_SCHEMA``, or refuses the whole batch with a ``BatchRejected`` subclass that
 names the first offending row and field. Nothing else escapes it, whatever the bytes.
 
-JSON and NDJSON are first offered to ``ingest.jsonscan`` (DuckDB's reader, off the GIL), which
-takes a body of plain events only; msgspec decodes every body it declines, exactly, and so
-decides what is refused and how it is named.
-
 Rules beyond DESIGN.md's table, decided here:
 
 - JSON is a top-level array of objects. NDJSON is a sequence of JSON objects separated by newlines
@@ -41,7 +37,6 @@ import pyarrow.compute as pc
 from ingest.arrowipc import declared_inflation
 from ingest.compression import content_coding, inflate
 from ingest.errors import BatchRejected, MalformedBody, PayloadTooLarge, UnsupportedMediaType
-from ingest.jsonscan import scan
 from ingest.timestamp import parse_rfc3339_ns
 from storage.schema import CATEGORY_MAX_BYTES, EVENT_SCHEMA, PRODUCER_MAX_BYTES
 
@@ -193,12 +188,6 @@ _VALUE, _PRODUCER = attrgetter("value"), attrgetter("producer_id")
 def _decode_json(data: bytes | bytearray, ndjson: bool, config: DecodeConfig, window: tuple[int, int]) -> pa.Table:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
-    scanned = scan(data, ndjson=ndjson)
-    if scanned is not None:
-        _check_count(scanned.num_rows, config)
-        cols = [scanned.column(name) for name in _FIELDS]
-        _check_columns(cols, 1, window, check_nul=b"\\u0000" in data)
-        return pa.Table.from_arrays(cols, schema=EVENT_SCHEMA)
     try:
         events = _LINE.decode_lines(data) if ndjson else _ARRAY.decode(data)
     except msgspec.ValidationError:
