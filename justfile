@@ -79,6 +79,10 @@ fuzz SECONDS="300": sync
 scale *ARGS: sync
     uv run python -m bench.scale {{ARGS}}
 
+# Durable ingest of one format (--format json|ndjson|arrow) on a fresh node, for A/B runs; printed only.
+ingest-bench *ARGS: sync
+    uv run python -m bench.ingest {{ARGS}}
+
 # Ten minutes of ingest at half the measured maximum with queries running; RSS and latency to bench/SOAK.md.
 soak *ARGS: sync
     uv run python -m bench.soak {{ARGS}}
