@@ -7,21 +7,21 @@ Each round starts a fresh server on an empty data directory, posts W20's first `
 events in the chosen format with ``--clients`` client processes (the same bodies and batch sizes
 as ``bench.run``), and prints: acknowledged events per second (the posting only, as ``bench.run``
 measures it), the server's CPU per event, how busy the whole machine was while posting, and the
-server's peak RSS while posting. ``bench.run`` measures the three formats one after another on
-one node, so each pays for its predecessor's persisting and compaction; this measures one
-alone. Nothing is written to ``bench/RESULTS.md``: quote the figures with the command.
+server's peak RSS while posting (``bench.server.RssSampler``, as ``bench.run``). ``bench.run``
+measures the three formats one after another on one node, so each pays for its predecessor's
+persisting and compaction; this measures one alone. Nothing is written to
+``bench/RESULTS.md``: quote the figures with the command.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import threading
 
 import psutil
 
 from bench import loader
-from bench.run import OUT_DIR
+from bench.run import OUT_DIR, batch_rows
 from bench.server import DEFAULT_COMMAND, ServerProcess, wait_persisted
 from bench.workload import Workload, chunk_paths, ensure
 
@@ -39,30 +39,32 @@ def main() -> None:
     data = ensure(workload)
     group = workload.row_group_rows
     rows = args.events // group * group
-    batch_rows = 2 * group if args.format == "arrow" else group  # as bench.run
-    batches = loader.plan(chunk_paths(data), 0, rows, batch_rows, args.format, data / "bodies", workload.name)
+    batch = batch_rows(workload, args.format)
+    batches = loader.plan(chunk_paths(data), 0, rows, batch, args.format, data / "bodies", workload.name)
     data_dir = OUT_DIR / workload.name / "ingest-data"
     for round_ in range(1, args.rounds + 1):
         shutil.rmtree(data_dir, ignore_errors=True)
         server = ServerProcess(data_dir, command=args.server_cmd)
         with loader.ClientPool(server.url, args.clients) as clients:
             clients.prepare(batches)
-            with server:
+            sampler = server.start_sampled()
+            try:
                 assert server.proc is not None
                 proc = psutil.Process(server.proc.pid)
-                peak = _PeakRss(proc)
+                sampler.enter("ingest")
                 cpu0, machine0 = sum(proc.cpu_times()[:2]), _busy()
-                peak.start()
                 result = clients.ingest(batches)
-                peak.stop.set()
-                peak.join()
                 cpu, busy = sum(proc.cpu_times()[:2]) - cpu0, _busy() - machine0
+                sampler.enter("persist")
                 persisted = wait_persisted([server.url])
+            finally:
+                server.stop()
+                peaks = sampler.close()
         cores = psutil.cpu_count() or 1
         print(
             f"round {round_}: {args.format} {result.events:,} events in {result.seconds:.2f} s = "
             f"{result.events_per_s / 1e6:.3f}M events/s; server CPU {cpu / result.events * 1e6:.2f} µs/event; "
-            f"machine {busy / (cores * result.seconds):.0%} busy; server peak RSS {peak.peak >> 20} MiB; "
+            f"machine {busy / (cores * result.seconds):.0%} busy; server peak RSS {peaks['ingest'] >> 20} MiB; "
             f"persisted {persisted} s after the last acknowledgement",
             flush=True,
         )
@@ -71,18 +73,6 @@ def main() -> None:
 def _busy() -> float:
     t = psutil.cpu_times()
     return float(t.user + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
-
-
-class _PeakRss(threading.Thread):
-    def __init__(self, proc: psutil.Process) -> None:
-        super().__init__(daemon=True)
-        self.proc = proc
-        self.peak = 0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.wait(0.05):
-            self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
 if __name__ == "__main__":

@@ -75,14 +75,19 @@ def _run_peers(workload: Workload, data: Path, queries: list[Query], names: list
     return results
 
 
+def batch_rows(workload: Workload, fmt: str) -> int:
+    """Events in one request body: two row groups of the workload as Arrow, one as JSON or NDJSON."""
+    return workload.row_group_rows * (2 if fmt == "arrow" else 1)
+
+
 def _slices(workload: Workload, text_events: int) -> list[tuple[str, int, int, int]]:
     """(format, first row, rows, batch rows): a JSON slice, an NDJSON slice, the rest as Arrow."""
     group = workload.row_group_rows
     text = min(text_events, workload.events // 5) // group * group
     return [
-        ("json", 0, text, group),
-        ("ndjson", text, text, group),
-        ("arrow", 2 * text, workload.events - 2 * text, 2 * group),
+        ("json", 0, text, batch_rows(workload, "json")),
+        ("ndjson", text, text, batch_rows(workload, "ndjson")),
+        ("arrow", 2 * text, workload.events - 2 * text, batch_rows(workload, "arrow")),
     ]
 
 
