@@ -71,6 +71,7 @@ class Maintenance:
     def stop(self) -> None:
         """Stop both threads; returns once any persist or merge in progress has finished."""
         self._stop.set()
+        self.persister.stop_waiting()  # the persist thread may be waiting for rows
         for t in self._threads:
             if t.is_alive():
                 t.join()
@@ -94,12 +95,15 @@ class Maintenance:
         return removed
 
     def _persist_loop(self) -> None:
-        while not self._stop.wait(self.tick_s):
+        """Persist whenever one is due: at once after a persist if the buffer filled meanwhile,
+        else as soon as the buffer says it is full (``wait_due``), at the latest each tick."""
+        while not self._stop.is_set():
             try:
-                if self.persister.due():
+                if self.persister.wait_due(self.tick_s) and not self._stop.is_set():
                     self.persister.persist()
-            except Exception:  # keep serving; the next tick retries (data stays in WAL + buffer)
+            except Exception:  # keep serving; retried after a tick (data stays in WAL + buffer)
                 log.exception("background persist failed")
+                self._stop.wait(self.tick_s)
 
     def _merge_loop(self) -> None:
         last_compact = time.monotonic()

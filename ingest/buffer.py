@@ -210,6 +210,8 @@ class LiveBuffer:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)  # notified when a persisted generation leaves
+        self._filled = threading.Condition(self._lock)  # notified when rows are appended
+        self._stopped_waiting = False  # set by ``stop_waiting``
         self._clock = clock
         self._active = Generation(created=clock())
         self._frozen: list[Generation] = []
@@ -232,6 +234,7 @@ class LiveBuffer:
             if record is not None:
                 g.records.append(record)
             small = self._trailing_small(g)
+            self._filled.notify_all()
         if small:
             self._fold(g, small)
 
@@ -309,6 +312,26 @@ class LiveBuffer:
                     return False
                 self._room.wait(left)
             return True
+
+    def wait_for_active(self, nbytes: int, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` until the active generation holds ``nbytes`` or a frozen
+        one waits (the persist thread sleeps here between persists, woken by ``append``);
+        True if so now."""
+        deadline = time.monotonic() + timeout_s
+        with self._filled:
+            while self._active.nbytes < nbytes and not self._frozen:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopped_waiting:
+                    return False
+                self._filled.wait(left)
+            return True
+
+    def stop_waiting(self) -> None:
+        """End every ``wait_for_active`` now, and any later one at once (the node is stopping:
+        the persist thread must not sleep through its stop)."""
+        with self._filled:
+            self._stopped_waiting = True
+            self._filled.notify_all()
 
     def view(self, pin: Callable[[], object] | None = None) -> tuple[BufferView, object]:
         """The buffer's runs; ``pin`` runs under the same lock (it pins the manifest state that

@@ -89,6 +89,16 @@ class Persister:
             self.buffer.frozen() or self.buffer.active_bytes >= c.max_bytes or (self.buffer.active_age() >= c.max_age_s)
         )
 
+    def wait_due(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for a persist to be due; True if one is. Woken as soon as the
+        active buffer reaches ``max_bytes`` (a fixed poll would leave the persist idle for up to
+        a poll interval while the buffer fills); the age rule is checked when the wait ends."""
+        return self.buffer.wait_for_active(self.config.max_bytes, timeout_s) or self.due()
+
+    def stop_waiting(self) -> None:
+        """End any ``wait_due`` now, and make later ones return at once (to stop the thread)."""
+        self.buffer.stop_waiting()
+
     def persist(self) -> int:
         """Persist every frozen generation and then the active one; returns rows persisted."""
         with self._lock:
