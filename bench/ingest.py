@@ -63,7 +63,8 @@ def main() -> None:
         cores = psutil.cpu_count() or 1
         print(
             f"round {round_}: {args.format} {result.events:,} events in {result.seconds:.2f} s = "
-            f"{result.events_per_s / 1e6:.3f}M events/s; server CPU {cpu / result.events * 1e6:.2f} µs/event; "
+            f"{result.events_per_s / 1e6:.3f}M events/s ({result.retries} of {result.batches} posts refused "
+            f"and sent again); server CPU {cpu / result.events * 1e6:.2f} µs/event; "
             f"machine {busy / (cores * result.seconds):.0%} busy; server peak RSS {peaks['ingest'] >> 20} MiB; "
             f"persisted {persisted} s after the last acknowledgement",
             flush=True,
