@@ -212,6 +212,7 @@ class LiveBuffer:
         self._room = threading.Condition(self._lock)  # notified when a persisted generation leaves
         self._filled = threading.Condition(self._lock)  # notified when rows are appended
         self._stopped_waiting = False  # set by ``stop_waiting``
+        self._wake_at = 0  # ``append`` wakes ``wait_for_active`` once the active holds this much
         self._clock = clock
         self._active = Generation(created=clock())
         self._frozen: list[Generation] = []
@@ -234,7 +235,8 @@ class LiveBuffer:
             if record is not None:
                 g.records.append(record)
             small = self._trailing_small(g)
-            self._filled.notify_all()
+            if g.nbytes >= self._wake_at:  # only then: a wake-up per small append costs the GIL
+                self._filled.notify_all()
         if small:
             self._fold(g, small)
 
@@ -319,6 +321,7 @@ class LiveBuffer:
         True if so now."""
         deadline = time.monotonic() + timeout_s
         with self._filled:
+            self._wake_at = nbytes
             while self._active.nbytes < nbytes and not self._frozen:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._stopped_waiting:
