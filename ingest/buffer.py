@@ -306,28 +306,21 @@ class LiveBuffer:
     def wait_for_room(self, nbytes: int, cap: int, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` until ``nbytes`` more fit under ``cap`` (a persist
         released a generation); True if they fit now."""
-        deadline = time.monotonic() + timeout_s
         with self._room:
-            while self._total_bytes() + nbytes > cap:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._room.wait(left)
-            return True
+            return self._room.wait_for(lambda: self._total_bytes() + nbytes <= cap, timeout_s)
 
     def wait_for_active(self, nbytes: int, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` until the active generation holds ``nbytes`` or a frozen
         one waits (the persist thread sleeps here between persists, woken by ``append``);
         True if so now."""
-        deadline = time.monotonic() + timeout_s
+
+        def ready() -> bool:
+            return self._active.nbytes >= nbytes or bool(self._frozen)
+
         with self._filled:
             self._wake_at = nbytes
-            while self._active.nbytes < nbytes and not self._frozen:
-                left = deadline - time.monotonic()
-                if left <= 0 or self._stopped_waiting:
-                    return False
-                self._filled.wait(left)
-            return True
+            self._filled.wait_for(lambda: ready() or self._stopped_waiting, timeout_s)
+            return ready()
 
     def stop_waiting(self) -> None:
         """End every ``wait_for_active`` now, and any later one at once (the node is stopping:
