@@ -71,7 +71,12 @@ class Holdings:
     With a ``manifest`` hours may go cold and are read back from its parts; without one (tests)
     everything stays in memory."""
 
-    def __init__(self, config: HoldingsConfig | None = None, manifest: Manifest | None = None) -> None:
+    def __init__(
+        self,
+        config: HoldingsConfig | None = None,
+        manifest: Manifest | None = None,
+        db: duckdb.DuckDBPyConnection | None = None,
+    ) -> None:
         self.config = config or HoldingsConfig()
         self._manifest = manifest
         self._cond = threading.Condition()
@@ -85,7 +90,8 @@ class Holdings:
         self._pending: list[tuple[pa.Table, int]] = []  # durable rows not yet indexed, with their seq
         self._inflight: set[Slice] = set()
         self._blocked: set[int] = set()  # shards being evicted: no claims meanwhile
-        self._con = duckdb.connect(config={"threads": 1})
+        # A cursor of the node's storage database (``storage.partition.storage_db``), or alone.
+        self._con = duckdb.connect(config={"threads": 1}) if db is None else db.cursor()
         self._con_lock = threading.Lock()
         self.reloads = 0  # cold hours read back from disk
 

@@ -9,7 +9,7 @@ ingest stalls while one thread merged an hour and the live buffer filled to its 
 They cannot corrupt each other: a persist only adds parts and a merge only replaces or removes
 parts that were committed before it started, each in one manifest commit (the manifest
 serialises commits and allocates part ids under its lock). Each thread writes through its own
-``PartitionStore`` (its own DuckDB connection and lock), so a merge does not hold the store a
+``PartitionStore`` (its own lock and DuckDB cursors), so a merge does not hold the store a
 persist needs. Compaction, retention and eviction all replace committed parts, so they take one
 lock: otherwise a merge of parts that retention or eviction dropped meanwhile would bring their
 rows back in its merged part.

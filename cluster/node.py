@@ -49,7 +49,7 @@ from query.engine import Engine, EngineConfig
 from query.sandbox import Sandbox, SandboxConfig, SqlResult, SqlStream
 from storage.compaction import CompactionConfig, Compactor
 from storage.manifest import Manifest
-from storage.partition import PartExtra, PartitionConfig, PartitionStore
+from storage.partition import PartExtra, PartitionConfig, PartitionStore, storage_db
 from storage.retention import Retention, RetentionConfig
 from storage.schema import ShardHasher
 from storage.sketchfile import SketchExtra
@@ -106,18 +106,19 @@ class Node:
         self.manifest = Manifest(root)
         sketches = [SketchExtra(config.approx.sketch)] if config.sketches else []
         extras: list[PartExtra] = [BatchesExtra(), *sketches]
-        self.store = PartitionStore(root, self.manifest, config.partition, extras=extras)
+        self.db = storage_db(config.partition)  # shared by the stores and the holdings
+        self.store = PartitionStore(root, self.manifest, config.partition, extras=extras, db=self.db)
         self.store.remove_tmp_files()
-        # Merges and evictions write through a store of their own (own DuckDB connection and
-        # lock), so a long merge never holds the store a persist writes through.
-        self.merge_store = PartitionStore(root, self.manifest, config.partition, extras=extras)
+        # Merges and evictions write through a store of their own (own lock and DuckDB cursors),
+        # so a long merge never holds the store a persist writes through.
+        self.merge_store = PartitionStore(root, self.manifest, config.partition, extras=extras, db=self.db)
         orphans = self.manifest.remove_orphans()
         self.buffer = LiveBuffer()
         self.keys = IdempotencyIndex(root / "idempotency.log", config.idempotency)
         self.hasher = ShardHasher(config.shards)
         self.wal = Wal(root / "wal", config.wal)
         self.ingestor = Ingestor(self.wal, self.buffer, self.keys, self.hasher, config.ingest)
-        self.holdings = Holdings(config.holdings, self.manifest)
+        self.holdings = Holdings(config.holdings, self.manifest, self.db)
         self.wal._on_durable = self._on_durable
         recovered = self.ingestor.recover(self.manifest.state.wal_seq)
         self.holdings.load(root, self.manifest.state, self.buffer.view()[0].rows, self.wal.last_seq)
@@ -439,3 +440,4 @@ class Node:
         self.engine.close()
         self.store.close()
         self.merge_store.close()
+        self.db.close()

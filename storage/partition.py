@@ -41,7 +41,7 @@ from storage.rollup import (
 from storage.rollupmerge import merge_minute_rollups, merge_producer_rollups
 from storage.schema import STORED_SCHEMA
 
-__all__ = ["PartExtra", "PartitionConfig", "PartitionStore", "hour_folder", "sort_rows"]
+__all__ = ["PartExtra", "PartitionConfig", "PartitionStore", "hour_folder", "sort_rows", "storage_db"]
 
 
 def hour_folder(hour_ns: int) -> str:
@@ -63,7 +63,9 @@ class PartitionConfig:
     rollup_row_group_rows: int = 131_072  # rollups are read whole: big groups compress better
     # A merge holds about this many rows in memory at once, whatever the parts' size (eventmerge.py).
     merge_window_rows: int = 1 << 20
-    duckdb_memory_limit: str = "256MB"
+    # Of the node's one storage database (``storage_db``), which persists and merges share: the
+    # 256 MB each of them had when each had a database of its own.
+    duckdb_memory_limit: str = "512MB"
 
 
 class PartExtra(Protocol):
@@ -112,6 +114,19 @@ _PRODUCER_OPTIONS: dict[str, Any] = {
 _MINUTE_OPTIONS: dict[str, Any] = {"use_dictionary": ["category", "shard", "minute", "count"]}
 
 
+def storage_db(config: PartitionConfig | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB database for writing and merging parts. A node opens one and shares
+    it (``PartitionStore``'s ``db``): its stores and its cluster index work through cursors of it,
+    each cursor a connection of its own, so they still run side by side. Each database costs
+    ~4 MiB (its catalog, buffer manager and allocator caches): one instead of three took 8 MiB off
+    a node's RSS, idle (182 -> 174 MiB) and after loading W20 (issue 8). ``memory_limit`` bounds
+    what they hold together."""
+    config = config or PartitionConfig()
+    return duckdb.connect(
+        config={"threads": 2, "preserve_insertion_order": False, "memory_limit": config.duckdb_memory_limit}
+    )
+
+
 class PartitionStore:
     """Writes and merges parts under ``DATA/partitions``; the manifest decides what is visible."""
 
@@ -121,23 +136,22 @@ class PartitionStore:
         manifest: Manifest,
         config: PartitionConfig | None = None,
         extras: Sequence[PartExtra] = (),
+        db: duckdb.DuckDBPyConnection | None = None,
     ) -> None:
         self.root = root
         self.manifest = manifest
         self.config = config or PartitionConfig()
         self.extras = list(extras)
-        self._con = duckdb.connect(
-            config={
-                "threads": 2,
-                "preserve_insertion_order": False,
-                "memory_limit": self.config.duckdb_memory_limit,
-            }
-        )
+        # Cursors are made from ``db`` (a node's stores share one database, see ``storage_db``),
+        # or from a database of the store's own, closed with it.
+        self._owns_db = db is None
+        self._con = storage_db(self.config) if db is None else db
         self._lock = threading.Lock()  # one merge at a time; cursors made one at a time
         (root / "partitions").mkdir(parents=True, exist_ok=True)
 
     def close(self) -> None:
-        self._con.close()
+        if self._owns_db:
+            self._con.close()
 
     def _paths(self, hour: int, pid: int) -> dict[str, str]:
         folder = f"partitions/{hour_folder(hour)}"

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from storage.manifest import Manifest
 from storage.ordering import EVENTS_SORT_KEY, EVENTS_SORTED_BY
-from storage.partition import PartitionConfig, PartitionStore, hour_folder
+from storage.partition import PartitionConfig, PartitionStore, hour_folder, storage_db
 from storage.schema import HOUR_NS
 from tests.eventgen import T0, random_events, stored
 
@@ -175,3 +177,50 @@ def test_a_part_is_written_when_its_new_hour_folder_is_swept_away_meanwhile(
     assert swept == [tmp_path / "partitions" / hour_folder(part.hour)]
     assert pq.read_table(part.path(tmp_path, "events")).num_rows == 100
     store.close()
+
+
+class _CountsExtra:
+    """An extra built and merged through the store's DuckDB cursor: events per category."""
+
+    kind = "counts"
+
+    def build(self, con: duckdb.DuckDBPyConnection, rows_relation: str, path: str) -> None:
+        con.execute(
+            f"COPY (SELECT category, count(*) AS n FROM {rows_relation} GROUP BY ALL) TO '{path}' (FORMAT parquet)"
+        )
+
+    def merge(self, con: duckdb.DuckDBPyConnection, paths: list[str], path: str) -> None:
+        files = ", ".join(f"'{p}'" for p in paths)
+        con.execute(
+            f"COPY (SELECT category, sum(n)::BIGINT AS n FROM read_parquet([{files}]) GROUP BY ALL) "
+            f"TO '{path}' (FORMAT parquet)"
+        )
+
+
+def test_two_stores_write_and_merge_side_by_side_through_one_database(tmp_path: Path) -> None:
+    """A node's persist store and merge store share one DuckDB database (``storage_db``), each
+    working through cursors of its own: a merge runs while the other store writes, and closing
+    a store that does not own the database leaves it open for the other."""
+    rng = random.Random(4)
+    m = Manifest(tmp_path)
+    db = storage_db()
+    writer = PartitionStore(tmp_path, m, extras=[_CountsExtra()], db=db)
+    merger = PartitionStore(tmp_path, m, extras=[_CountsExtra()], db=db)
+    batches = [stored(random_events(rng, 500, span=HOUR_NS // 2)) for _ in range(12)]
+    first = [p for b in batches[:4] for p in writer.write(b)]
+    written: list = []
+    with ThreadPoolExecutor(1) as pool:
+        later = pool.submit(lambda: [written.extend(writer.write(b)) for b in batches[4:]])
+        merged = [merger.merge([p for p in first if p.hour == h]) for h in sorted({p.hour for p in first})]
+        later.result()
+    writer.close()
+    merged += [merger.merge([p for p in written if p.hour == h]) for h in sorted({p.hour for p in written})]
+    want = pa.concat_tables(batches).group_by("category").aggregate([("category", "count")])
+    con = duckdb.connect()
+    files = ", ".join(f"'{p.path(tmp_path, 'counts')}'" for p in merged)
+    got = dict(con.sql(f"SELECT category, sum(n)::BIGINT FROM read_parquet([{files}]) GROUP BY ALL").fetchall())
+    assert got == dict(zip(want["category"].to_pylist(), want["category_count"].to_pylist(), strict=True))
+    assert sum(p.rows for p in merged) == 6000
+    merger.close()
+    assert db.sql("SELECT 42").fetchall() == [(42,)], "the stores close their cursors, not the database"
+    db.close()
