@@ -114,6 +114,9 @@ _PRODUCER_OPTIONS: dict[str, Any] = {
 _MINUTE_OPTIONS: dict[str, Any] = {"use_dictionary": ["category", "shard", "minute", "count"]}
 
 
+_CURSORS = threading.Lock()  # see PartitionStore._cursor
+
+
 def storage_db(config: PartitionConfig | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB database for writing and merging parts. A node opens one and shares
     it (``PartitionStore``'s ``db``): its stores and its cluster index work through cursors of it,
@@ -146,12 +149,19 @@ class PartitionStore:
         # or from a database of the store's own, closed with it.
         self._owns_db = db is None
         self._con = storage_db(self.config) if db is None else db
-        self._lock = threading.Lock()  # one merge at a time; cursors made one at a time
+        self._lock = threading.Lock()  # one merge at a time
         (root / "partitions").mkdir(parents=True, exist_ok=True)
 
     def close(self) -> None:
         if self._owns_db:
             self._con.close()
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        """A connection of its own to the store's database, for one thread. A DuckDB connection
+        object is not thread-safe, and stores may share one (``storage_db``), so cursors are
+        made one at a time across all stores."""
+        with _CURSORS:
+            return self._con.cursor()
 
     def _paths(self, hour: int, pid: int) -> dict[str, str]:
         folder = f"partitions/{hour_folder(hour)}"
@@ -270,8 +280,7 @@ class PartitionStore:
         producers = producer_rollup(rows)
         self._write_file(producers, files["rollup_producer"], _PRODUCER_OPTIONS)
         if self.extras:
-            with self._lock:  # a cursor is made from the shared connection one thread at a time
-                cur = self._con.cursor()
+            cur = self._cursor()
             try:
                 cur.register("part_rows", rows)
                 for extra in self.extras:
@@ -303,7 +312,7 @@ class PartitionStore:
             )
 
         with self._lock:
-            cur = self._con.cursor()
+            cur = self._cursor()
             try:
                 minutes = merge_minute_rollups([p.path(self.root, "rollup_minute") for p in parts])
                 self._write_file(minutes, files["rollup_minute"], _MINUTE_OPTIONS)
