@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from storage.manifest import Manifest
+from storage.manifest import Manifest, Part
 from storage.ordering import EVENTS_SORT_KEY, EVENTS_SORTED_BY
 from storage.partition import PartitionConfig, PartitionStore, hour_folder, storage_db
 from storage.schema import HOUR_NS
@@ -208,11 +208,14 @@ def test_two_stores_write_and_merge_side_by_side_through_one_database(tmp_path: 
     merger = PartitionStore(tmp_path, m, extras=[_CountsExtra()], db=db)
     batches = [stored(random_events(rng, 500, span=HOUR_NS // 2)) for _ in range(12)]
     first = [p for b in batches[:4] for p in writer.write(b)]
-    written: list = []
+
+    def write_the_rest() -> list[Part]:
+        return [p for b in batches[4:] for p in writer.write(b)]
+
     with ThreadPoolExecutor(1) as pool:
-        later = pool.submit(lambda: [written.extend(writer.write(b)) for b in batches[4:]])
+        later = pool.submit(write_the_rest)
         merged = [merger.merge([p for p in first if p.hour == h]) for h in sorted({p.hour for p in first})]
-        later.result()
+        written = later.result()
     writer.close()
     merged += [merger.merge([p for p in written if p.hour == h]) for h in sorted({p.hour for p in written})]
     want = pa.concat_tables(batches).group_by("category").aggregate([("category", "count")])
