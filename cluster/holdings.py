@@ -41,6 +41,7 @@ import xxhash
 from cluster.sliceindex import FRESH_ENTRY_BYTES, HOUR_SQL, BatchesExtra, HourIds, hour_digest, read_hour
 from ingest.errors import Overloaded
 from storage.manifest import Manifest, ManifestState
+from storage.partition import storage_cursor
 from storage.schema import HOUR_NS
 
 __all__ = ["BatchesExtra", "Holdings", "HoldingsConfig", "Slice", "item_hash"]
@@ -91,7 +92,7 @@ class Holdings:
         self._inflight: set[Slice] = set()
         self._blocked: set[int] = set()  # shards being evicted: no claims meanwhile
         # A cursor of the node's storage database (``storage.partition.storage_db``), or alone.
-        self._con = duckdb.connect(config={"threads": 1}) if db is None else db.cursor()
+        self._con = duckdb.connect(config={"threads": 1}) if db is None else storage_cursor(db)
         self._con_lock = threading.Lock()
         self.reloads = 0  # cold hours read back from disk
 

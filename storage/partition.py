@@ -41,7 +41,7 @@ from storage.rollup import (
 from storage.rollupmerge import merge_minute_rollups, merge_producer_rollups
 from storage.schema import STORED_SCHEMA
 
-__all__ = ["PartExtra", "PartitionConfig", "PartitionStore", "hour_folder", "sort_rows", "storage_db"]
+__all__ = ["PartExtra", "PartitionConfig", "PartitionStore", "hour_folder", "sort_rows", "storage_cursor", "storage_db"]
 
 
 def hour_folder(hour_ns: int) -> str:
@@ -114,7 +114,7 @@ _PRODUCER_OPTIONS: dict[str, Any] = {
 _MINUTE_OPTIONS: dict[str, Any] = {"use_dictionary": ["category", "shard", "minute", "count"]}
 
 
-_CURSORS = threading.Lock()  # see PartitionStore._cursor
+_CURSORS = threading.Lock()  # see storage_cursor
 
 
 def storage_db(config: PartitionConfig | None = None) -> duckdb.DuckDBPyConnection:
@@ -128,6 +128,14 @@ def storage_db(config: PartitionConfig | None = None) -> duckdb.DuckDBPyConnecti
     return duckdb.connect(
         config={"threads": 2, "preserve_insertion_order": False, "memory_limit": config.duckdb_memory_limit}
     )
+
+
+def storage_cursor(db: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """A connection of its own to ``db``, for one thread. A DuckDB connection object is not
+    thread-safe and a node's stores and cluster index share one (``storage_db``), so every
+    cursor of it is made here, one at a time."""
+    with _CURSORS:
+        return db.cursor()
 
 
 class PartitionStore:
@@ -155,13 +163,6 @@ class PartitionStore:
     def close(self) -> None:
         if self._owns_db:
             self._con.close()
-
-    def _cursor(self) -> duckdb.DuckDBPyConnection:
-        """A connection of its own to the store's database, for one thread. A DuckDB connection
-        object is not thread-safe, and stores may share one (``storage_db``), so cursors are
-        made one at a time across all stores."""
-        with _CURSORS:
-            return self._con.cursor()
 
     def _paths(self, hour: int, pid: int) -> dict[str, str]:
         folder = f"partitions/{hour_folder(hour)}"
@@ -280,7 +281,7 @@ class PartitionStore:
         producers = producer_rollup(rows)
         self._write_file(producers, files["rollup_producer"], _PRODUCER_OPTIONS)
         if self.extras:
-            cur = self._cursor()
+            cur = storage_cursor(self._con)
             try:
                 cur.register("part_rows", rows)
                 for extra in self.extras:
@@ -312,7 +313,7 @@ class PartitionStore:
             )
 
         with self._lock:
-            cur = self._cursor()
+            cur = storage_cursor(self._con)
             try:
                 minutes = merge_minute_rollups([p.path(self.root, "rollup_minute") for p in parts])
                 self._write_file(minutes, files["rollup_minute"], _MINUTE_OPTIONS)
