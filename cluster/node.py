@@ -104,14 +104,19 @@ class Node:
         root.mkdir(parents=True, exist_ok=True)
         self.started = time.time()
         self.manifest = Manifest(root)
-        sketches = [SketchExtra(config.approx.sketch)] if config.sketches else []
-        extras: list[PartExtra] = [BatchesExtra(), *sketches]
+        # Persists build no sketches: merges sketch an hour's raw parts at once, and compaction
+        # completes a quiet hour's part no merge takes (storage/compaction.py). Sketching each
+        # persisted part and merging the sketches later cost ~3x as much CPU, and the persists'
+        # share of it capped sustained ingest (issue 8).
         self.db = storage_db(config.partition)  # shared by the stores and the holdings
-        self.store = PartitionStore(root, self.manifest, config.partition, extras=extras, db=self.db)
+        self.store = PartitionStore(root, self.manifest, config.partition, extras=[BatchesExtra()], db=self.db)
         self.store.remove_tmp_files()
         # Merges and evictions write through a store of their own (own lock and DuckDB cursors),
         # so a long merge never holds the store a persist writes through.
-        self.merge_store = PartitionStore(root, self.manifest, config.partition, extras=extras, db=self.db)
+        merge_extras: list[PartExtra] = [BatchesExtra()]
+        if config.sketches:
+            merge_extras.append(SketchExtra(config.approx.sketch, build_rows=config.partition.merge_window_rows))
+        self.merge_store = PartitionStore(root, self.manifest, config.partition, extras=merge_extras, db=self.db)
         orphans = self.manifest.remove_orphans()
         self.buffer = LiveBuffer()
         self.keys = IdempotencyIndex(root / "idempotency.log", config.idempotency)

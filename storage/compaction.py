@@ -7,6 +7,11 @@ as ClickHouse does with ``min_age_to_force_merge_seconds``: an hour at rest ends
 instead of a big part and the few small ones that arrived after its last tiered merge, which
 cost every query of that hour more files and every event a share of their footers and sketches.
 
+A quiet hour's part that no merge takes (alone in its hour, or too big to merge) is completed
+instead: given the files of the store's extras it lacks. A node's persists build no sketches
+(``cluster/node.py``): its merges sketch the raw parts' rows, and completion the rest, so an hour
+at rest has every file whichever way it got there.
+
 The merged part replaces its sources in one manifest commit; the sources' files are deleted
 only when no reader still pins them. A crash before the commit leaves an orphan (deleted at the
 next start), a crash after it leaves garbage (likewise): nothing is lost or counted twice.
@@ -35,7 +40,8 @@ class CompactionConfig:
     # per round, and merging them at once took the node from 0.6 to 1.7 GB); more parts make
     # more merges in the same round.
     max_parts: int = 32
-    # An hour none of whose parts is newer than this is merged into one part (0: never).
+    # An hour none of whose parts is newer than this is merged into one part, and a part of it
+    # no merge takes is completed (0: never, but by a forced round).
     cold_after_s: float = 60.0
 
 
@@ -93,7 +99,7 @@ class Compactor:
     def _quiet(self, parts: Sequence[Part], now: float) -> bool:
         """Whether every part of an hour has been there for ``cold_after_s``."""
         cold = self.config.cold_after_s
-        return cold > 0 and all(now - self._seen[p.id] >= cold for p in parts)
+        return cold > 0 and all(now - self._seen.get(p.id, now) >= cold for p in parts)
 
     def candidates(self) -> list[list[Part]]:
         """Groups of parts worth merging, hour by hour, smallest parts first: an hour with more
@@ -121,8 +127,30 @@ class Compactor:
         return sum(
             1
             for parts in self.manifest.state.hours().values()
-            if choose(parts, self.config) or (cold and choose_cold(parts, self.config))
+            if choose(parts, self.config)
+            or (cold and (choose_cold(parts, self.config) or any(self.store.missing(p) for p in parts)))
         )
+
+    def incomplete(self) -> list[Part]:
+        """Parts of quiet hours that lack a file of the store's extras (see the module
+        docstring): completed after a round's merges, which leave only parts none would take."""
+        now = self._clock()
+        return [
+            p
+            for parts in self.manifest.state.hours().values()
+            if self._quiet(parts, now)
+            for p in parts
+            if self.store.missing(p)
+        ]
+
+    def complete(self, part: Part) -> Part:
+        """Build the files ``part`` lacks and commit it with them, in place of itself."""
+        t0 = time.perf_counter()
+        done = self.store.complete(part)
+        self.manifest.commit(add=[done], remove=[part.id])
+        release_memory()
+        self.compact_seconds += time.perf_counter() - t0
+        return done
 
     def compact_hour(self, parts: list[Part]) -> Part:
         t0 = time.perf_counter()
@@ -137,19 +165,24 @@ class Compactor:
         return merged
 
     def run_once(self, force: bool = False) -> int:
-        """Merge every hour that qualifies; returns the number of hours merged. ``force`` merges
-        every hour with 2+ parts down to one part, still ``max_parts`` at a time (smallest
-        first), so a forced round's memory is bounded like a background one's."""
+        """Merge every hour that qualifies and complete the parts of quiet hours no merge takes;
+        returns the number of hours merged or completed. ``force`` merges every hour with 2+
+        parts down to one part, still ``max_parts`` at a time (smallest first), so a forced
+        round's memory is bounded like a background one's, and completes every lone part."""
         if not force:
             groups = self.candidates()
             for parts in groups:
                 self.compact_hour(parts)
-            return len({g[0].hour for g in groups})
+            completed = [self.complete(p) for p in self.incomplete()]
+            return len({g[0].hour for g in groups} | {p.hour for p in completed})
         merged_hours = 0
         cap = max(2, self.config.max_parts)
         for parts in list(self.manifest.state.hours().values()):
             left = list(parts)
             if len(left) < 2:
+                if left and self.store.missing(left[0]):
+                    self.complete(left[0])
+                    merged_hours += 1
                 continue
             while len(left) > cap:  # the smallest first, each group in the hour's order
                 smallest = {p.id for p in sorted(left, key=lambda p: (p.rows, p.id))[:cap]}

@@ -132,8 +132,12 @@ class Manifest:
             )
             self._write(new)
             self._state = new
-            if dropped:
-                self._garbage.append((new.version, [str(self.root / f) for p in dropped for f in p.files.values()]))
+            # A part may be removed and added again with more files (``PartitionStore.complete``):
+            # the files it keeps are not garbage.
+            kept = {f for p in add for f in p.files.values()}
+            gone_files = [str(self.root / f) for p in dropped for f in p.files.values() if f not in kept]
+            if gone_files:
+                self._garbage.append((new.version, gone_files))
         self.collect_garbage()
         return new
 

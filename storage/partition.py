@@ -18,7 +18,7 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -69,12 +69,16 @@ class PartitionConfig:
 
 
 class PartExtra(Protocol):
-    """Something more to build beside each part (e.g. sketches): built from the part's rows,
-    merged from parts' files on compaction, never rebuilt from raw rows. When some of the parts
-    merged have no file of this kind (written before it was enabled), ``build`` runs once over
-    the merged rows instead. ``build`` and ``merge`` leave ``path`` fsynced. An extra may also
-    offer ``build_table(rows, path, producer_counts)``: a new part's extras are then built from
-    its Arrow rows and producer rollup directly, without the DuckDB round trip."""
+    """Something more to build beside each part (e.g. sketches): built from the part's rows by
+    the store that writes it, merged from parts' files on compaction. A part may have no file of
+    a kind: written by a store without that extra (a node's persists build no sketches, its
+    merges do: ``cluster/node.py``) or before the extra was enabled. A merge then builds the
+    file for those parts' rows: with ``merge_with_rows(paths, raw, path)`` when the extra offers
+    it (``raw`` is ``(events file, rows)`` of each part without a file, ``paths`` the files of
+    the others), else by ``build`` once over all the merged rows. ``complete`` adds the missing
+    files to a part no merge takes. ``build`` and ``merge`` leave ``path`` fsynced. An extra may
+    also offer ``build_table(rows, path, producer_counts)``: a new part's extras are then built
+    from its Arrow rows and producer rollup directly, without the DuckDB round trip."""
 
     kind: str
 
@@ -324,11 +328,16 @@ class PartitionStore:
                 self._merge_producers(parts, categories, files["rollup_producer"])
                 for extra in self.extras:
                     tmp = str(self.root / files[extra.kind]) + ".tmp"
-                    if all(extra.kind in p.files for p in parts):
-                        extra.merge(cur, [p.path(self.root, extra.kind) for p in parts], tmp)
+                    have = [p.path(self.root, extra.kind) for p in parts if extra.kind in p.files]
+                    raw = [(p.path(self.root, "events"), p.rows) for p in parts if extra.kind not in p.files]
+                    merge_with_rows = getattr(extra, "merge_with_rows", None)
+                    if not raw:
+                        extra.merge(cur, have, tmp)
+                    elif merge_with_rows is not None:
+                        merge_with_rows(have, raw, tmp)
                     else:
-                        # A part written before this extra was enabled has no file of it: build
-                        # the merged part's once from its rows, so the hour has one from now on.
+                        # Parts without a file of this kind: build the merged part's once from
+                        # all its rows, so the hour has one from now on.
                         cur.execute(f"CREATE OR REPLACE TEMP VIEW part_rows AS SELECT * FROM {srcs('events')}")
                         extra.build(cur, "part_rows", tmp)
                     os.replace(tmp, self.root / files[extra.kind])
@@ -343,6 +352,40 @@ class PartitionStore:
             max(p.max_ts for p in parts),
             files,
         )
+
+    def missing(self, part: Part) -> list[str]:
+        """The kinds of this store's extras that ``part`` has no file of."""
+        return [e.kind for e in self.extras if e.kind not in part.files]
+
+    def complete(self, part: Part) -> Part:
+        """``part`` with a file of every extra of this store it lacks, built from its rows (as a
+        merge builds them, see ``PartExtra``); the caller commits it in place of ``part``. The
+        part's other files are its own, unchanged: only its ``files`` grow."""
+        files = dict(part.files)
+        with self._lock:
+            cur = storage_cursor(self._con)
+            try:
+                for extra in self.extras:
+                    if extra.kind in files:
+                        continue
+                    rel = self._paths(part.hour, part.id)[extra.kind]
+                    tmp = str(self.root / rel) + ".tmp"
+                    merge_with_rows = getattr(extra, "merge_with_rows", None)
+                    if merge_with_rows is not None:
+                        merge_with_rows([], [(part.path(self.root, "events"), part.rows)], tmp)
+                    else:
+                        events = part.path(self.root, "events")
+                        cur.execute(
+                            "CREATE OR REPLACE TEMP VIEW part_rows AS "
+                            f"SELECT * FROM read_parquet('{events}', hive_partitioning = false)"
+                        )
+                        extra.build(cur, "part_rows", tmp)
+                    os.replace(tmp, self.root / rel)
+                    files[extra.kind] = rel
+            finally:
+                cur.close()
+        fsync_dir((self.root / files["events"]).parent)
+        return replace(part, files=files)
 
     def remove_tmp_files(self) -> None:
         for path in (self.root / "partitions").rglob("*.tmp"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given
@@ -15,9 +16,21 @@ from storage.compaction import CompactionConfig, Compactor, choose
 from storage.manifest import Manifest, Part
 from storage.partition import PartitionStore
 from storage.schema import HOUR_NS
-from tests.eventgen import random_events, stored
+from storage.sketchfile import SKETCH_KIND, SketchExtra, read_sketch_file
+from tests.eventgen import T0, random_events, stored
 
 CFG = CompactionConfig(min_parts=4, max_rows=20_000_000, small_rows=1_000_000)
+
+
+class _Complete:
+    """A store stand-in whose parts lack no file: the merge policy alone decides."""
+
+    @staticmethod
+    def missing(part: Part) -> list[str]:
+        return []
+
+
+_COMPLETE = _Complete()
 
 
 def _parts(sizes: list[int]) -> list[Part]:
@@ -45,7 +58,7 @@ def test_a_merge_takes_at_most_max_parts_and_an_hour_gives_several() -> None:
             def hours() -> dict[int, list[Part]]:
                 return {0: parts}
 
-    groups = Compactor(None, _Manifest(), CFG).candidates()  # type: ignore[arg-type]
+    groups = Compactor(_COMPLETE, _Manifest(), CFG).candidates()  # type: ignore[arg-type]
     assert [len(g) for g in groups] == [32, 8]
     ids = [p.id for g in groups for p in g]
     assert sorted(ids) == list(range(40))
@@ -160,7 +173,7 @@ def test_a_quiet_hour_is_merged_into_one_part_whatever_the_sizes() -> None:
     now = [1000.0]
     hour = _parts([800_000, 40_000, 30_000])
     manifest = _Hours({0: hour})
-    compactor = Compactor(None, manifest, CFG, clock=lambda: now[0])  # type: ignore[arg-type]
+    compactor = Compactor(_COMPLETE, manifest, CFG, clock=lambda: now[0])  # type: ignore[arg-type]
     assert compactor.candidates() == [] and compactor.pending_hours() == 1  # first seen now
     now[0] += CFG.cold_after_s - 1
     assert compactor.candidates() == []
@@ -171,7 +184,7 @@ def test_a_quiet_hour_is_merged_into_one_part_whatever_the_sizes() -> None:
 def test_a_new_part_keeps_its_hour_from_being_quiet() -> None:
     now = [0.0]
     manifest = _Hours({0: _parts([800_000, 40_000])})
-    compactor = Compactor(None, manifest, CFG, clock=lambda: now[0])  # type: ignore[arg-type]
+    compactor = Compactor(_COMPLETE, manifest, CFG, clock=lambda: now[0])  # type: ignore[arg-type]
     compactor.candidates()
     now[0] += CFG.cold_after_s / 2
     manifest.hours_map[0] = [*manifest.hours_map[0], Part(id=7, hour=0, rows=5, min_ts=0, max_ts=1, files={})]
@@ -186,13 +199,50 @@ def test_quiet_merges_keep_the_bounds_and_can_be_turned_off() -> None:
     now = [0.0]
     big = _parts([15_000_000, 10_000_000, 3_000])  # all three exceed max_rows: the two smallest
     off = CompactionConfig(min_parts=4, cold_after_s=0)
-    on = Compactor(None, _Hours({0: big}), CFG, clock=lambda: now[0])  # type: ignore[arg-type]
-    never = Compactor(None, _Hours({0: big}), off, clock=lambda: now[0])  # type: ignore[arg-type]
+    on = Compactor(_COMPLETE, _Hours({0: big}), CFG, clock=lambda: now[0])  # type: ignore[arg-type]
+    never = Compactor(_COMPLETE, _Hours({0: big}), off, clock=lambda: now[0])  # type: ignore[arg-type]
     on.candidates(), never.candidates()
     now[0] += 3600
     assert [_rows(g) for g in on.candidates()] == [[3_000, 10_000_000]]
     assert never.candidates() == [] and never.pending_hours() == 0
-    alone = Compactor(None, _Hours({0: _parts([20_000_000, 5])}), CFG, clock=lambda: now[0])  # type: ignore[arg-type]
+    alone = Compactor(_COMPLETE, _Hours({0: _parts([20_000_000, 5])}), CFG, clock=lambda: now[0])  # type: ignore[arg-type]
     alone.candidates()
     now[0] += 3600
     assert alone.candidates() == [] and alone.pending_hours() == 0  # nothing that fits max_rows
+
+
+def test_a_quiet_hours_lone_part_is_completed_with_the_files_it_lacks(tmp_path: Path) -> None:
+    """Parts persisted without sketches (a node's persist store builds none): a quiet hour's two
+    parts are merged, sketches built from their rows; the lone part of another hour gains its
+    sketch file in place, its other files untouched and still on disk after the commit.
+    Nothing happens before the hours are quiet, and the pending count says what is left."""
+    manifest = Manifest(tmp_path)
+    plain = PartitionStore(tmp_path, manifest)
+    sketching = PartitionStore(tmp_path, manifest, extras=[SketchExtra()])
+    rng = random.Random(7)
+    rows = [stored(random_events(rng, 300, start=T0, span=HOUR_NS), batch_id=b) for b in range(2)]
+    rows.append(stored(random_events(rng, 200, start=T0 + HOUR_NS, span=HOUR_NS), batch_id=2))
+    for table in rows:
+        manifest.commit(add=plain.write(table))
+    lone = manifest.state.hours()[T0 + HOUR_NS][0]
+    assert SKETCH_KIND not in lone.files
+    now = [0.0]
+    compactor = Compactor(sketching, manifest, CFG, clock=lambda: now[0])
+    assert compactor.run_once() == 0 and compactor.pending_hours() == 2  # not quiet yet
+    now[0] += CFG.cold_after_s
+    assert compactor.run_once() == 2 and compactor.pending_hours() == 0
+    merged, done = (manifest.state.hours()[h][0] for h in (T0, T0 + HOUR_NS))
+    assert merged.rows == 600 and done.id == lone.id and len(manifest.state.parts) == 2
+    assert done.files == {**lone.files, SKETCH_KIND: done.files[SKETCH_KIND]}
+    manifest.collect_garbage()
+    for part, table in [(merged, pa.concat_tables(rows[:2])), (done, rows[2])]:
+        assert all(Path(part.path(tmp_path, kind)).exists() for kind in part.files)
+        sketches = read_sketch_file(part.path(tmp_path, SKETCH_KIND))
+        assert sum(sketches["n"].to_pylist()) == table.num_rows
+    assert pq.read_table(done.path(tmp_path, "events")).num_rows == 200
+    # A forced round completes a lone part at once, quiet or not.
+    manifest.commit(add=plain.write(stored(random_events(rng, 50, start=T0 + 5 * HOUR_NS, span=HOUR_NS), batch_id=3)))
+    assert Compactor(sketching, manifest, CFG).run_once(force=True) == 1
+    assert all(SKETCH_KIND in p.files for p in manifest.state.parts)
+    plain.close()
+    sketching.close()

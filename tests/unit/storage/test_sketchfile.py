@@ -13,6 +13,7 @@ from storage.errors import StorageError
 from storage.rollup import producer_rollup
 from storage.sketch import SKETCH_SCHEMA, SketchConfig, build_sketches
 from storage.sketchfile import SketchExtra, read_sketch_file, write_sketch_file
+from storage.sketchmerge import merge_sketch_tables
 from tests.unit.storage.test_sketch import workload
 
 
@@ -80,3 +81,38 @@ def test_build_paths_write_the_same_sketches(tmp_path: Path) -> None:
     ]
     assert tables[0].num_rows > 1
     assert tables[0] == tables[1] == tables[2]
+
+
+@pytest.mark.parametrize("build_rows", [2_500, 1 << 20])
+def test_raw_parts_are_sketched_and_merged_with_the_others(tmp_path: Path, build_rows: int) -> None:
+    """A merge of parts of which some have no sketch file (a node's persists build none): the
+    merged file counts every row of every part per (category, shard, hour); sketched one raw
+    part at a time it equals merging every part's own sketches, sketched together it keeps the
+    same counts and small groups' values."""
+    config = SketchConfig(hll_lg_k=8, frequent_lg_max_k=4, kll_k=16)
+    rows = workload(seed=17, n=9_000, producers=1_500, hours=2)
+    pieces = [rows.slice(0, 2_000), rows.slice(2_000, 2_500), rows.slice(4_500, 2_000), rows.slice(6_500)]
+    extra = SketchExtra(config, build_rows=build_rows)
+    sketched = []
+    for i, piece in enumerate(pieces[:2]):
+        sketched.append(str(tmp_path / f"sketch-{i}.parquet"))
+        extra.build_table(piece, sketched[-1])
+    raw = []
+    for i, piece in enumerate(pieces[2:]):
+        raw.append((str(tmp_path / f"events-{i}.parquet"), piece.num_rows))
+        pq.write_table(piece, raw[-1][0])
+    extra.merge_with_rows(sketched, raw, str(tmp_path / "merged.parquet"))
+    merged = read_sketch_file(str(tmp_path / "merged.parquet")).drop_columns(["kll"])
+
+    per_piece = merge_sketch_tables([build_sketches(p, config) for p in pieces], config).drop_columns(["kll"])
+    con = duckdb.connect()
+    con.register("rows", rows)
+    counts = con.sql(
+        "SELECT category, shard, timestamp - timestamp % 3600000000000 AS hour, count(*) FROM rows "
+        "GROUP BY ALL ORDER BY ALL"
+    ).fetchall()
+    assert [tuple(r.values()) for r in merged.select(["category", "shard", "hour", "n"]).to_pylist()] == counts
+    if build_rows < 2_000 + 2_500:  # the raw parts apart: exactly what merging their own sketches gives
+        assert merged == per_piece
+    else:
+        assert merged["value_deltas"] == per_piece["value_deltas"]
