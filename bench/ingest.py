@@ -1,13 +1,20 @@
 """Durable ingest of one format on a fresh node, for A/B comparisons of builds or settings.
 
     uv run python -m bench.ingest --format json --events 2000000 --rounds 3
-    uv run python -m bench.ingest --format arrow --server-cmd "/other/build/tributary serve ..."
+    uv run python -m bench.ingest --format arrow --settle --server-cmd \
+        "env PYTHONPATH=/other/tree .venv/bin/python -P -m web.cli serve --host 127.0.0.1 --port {port} --data {data}"
+
+Another build is run from its tree with ``-P``: ``python -m`` otherwise puts the working
+directory (this tree) first on the path, ahead of ``PYTHONPATH``, and runs this build (the A/B
+pairs of the eighth and ninth sessions did, see ``bench/RESULTS.md``).
 
 Each round starts a fresh server on an empty data directory, posts W20's first ``--events``
 events in the chosen format with ``--clients`` client processes (the same bodies and batch sizes
 as ``bench.run``), and prints: acknowledged events per second (the posting only, as ``bench.run``
 measures it), the server's CPU per event, how busy the whole machine was while posting, and the
-server's peak RSS while posting (``bench.server.RssSampler``, as ``bench.run``). ``bench.run``
+server's peak RSS while posting (``bench.server.RssSampler``, as ``bench.run``); with
+``--settle``, also the server's CPU per event from the first post until background compaction
+has settled (persists, merges and sketches included). ``bench.run``
 measures the three formats one after another on one node, so each pays for its predecessor's
 persisting and compaction; this measures one alone. Nothing is written to
 ``bench/RESULTS.md``: quote the figures with the command.
@@ -22,7 +29,7 @@ import psutil
 
 from bench import loader
 from bench.run import OUT_DIR, batch_rows
-from bench.server import DEFAULT_COMMAND, ServerProcess, wait_persisted
+from bench.server import DEFAULT_COMMAND, ServerProcess, wait_compacted, wait_persisted
 from bench.workload import Workload, chunk_paths, ensure
 
 
@@ -33,6 +40,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--clients", type=int, default=3, help="concurrent ingest client processes")
     ap.add_argument("--server-cmd", default=DEFAULT_COMMAND, help="as bench.run's; {port} and {data} filled in")
+    ap.add_argument(
+        "--settle",
+        action="store_true",
+        help="wait for background compaction to settle too, and print the server's CPU for all of it",
+    )
     args = ap.parse_args()
 
     workload = Workload()
@@ -57,6 +69,14 @@ def main() -> None:
                 cpu, busy = sum(proc.cpu_times()[:2]) - cpu0, _busy() - machine0
                 sampler.enter("persist")
                 persisted = wait_persisted([server.url])
+                settled = ""
+                if args.settle:
+                    compacted = wait_compacted([server.url])
+                    total = sum(proc.cpu_times()[:2]) - cpu0
+                    settled = (
+                        f"; compaction settled {compacted} s after that, server CPU from the first post "
+                        f"{total / result.events * 1e6:.2f} µs/event"
+                    )
             finally:
                 server.stop()
                 peaks = sampler.close()
@@ -66,7 +86,7 @@ def main() -> None:
             f"{result.events_per_s / 1e6:.3f}M events/s ({result.retries} of {result.batches} posts refused "
             f"and sent again); server CPU {cpu / result.events * 1e6:.2f} µs/event; "
             f"machine {busy / (cores * result.seconds):.0%} busy; server peak RSS {peaks['ingest'] >> 20} MiB; "
-            f"persisted {persisted} s after the last acknowledgement",
+            f"persisted {persisted} s after the last acknowledgement{settled}",
             flush=True,
         )
 

@@ -351,7 +351,11 @@ def add_section_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server-cmd",
         default=DEFAULT_COMMAND,
-        help="server command; {port} and {data} are filled in (default: %(default)s)",
+        help=(
+            "server command; {port} and {data} are filled in (default: %(default)s). Another build: "
+            "'env PYTHONPATH=<its tree> <python> -P -m web.cli serve ...' (without -P, 'python -m' "
+            "puts the working directory, this tree, first on the path and runs this build)"
+        ),
     )
     parser.add_argument("--note", action="append", default=[], help="a line for the section's notes (repeatable)")
     parser.add_argument(
