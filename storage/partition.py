@@ -309,13 +309,6 @@ class PartitionStore:
         pid = self.manifest.allocate_part_id()
         files = self._paths(hour, pid)
 
-        def srcs(kind: str) -> str:
-            return (
-                "read_parquet(["
-                + ", ".join(f"'{p.path(self.root, kind)}'" for p in parts)
-                + "], hive_partitioning = false)"
-            )
-
         with self._lock:
             cur = storage_cursor(self._con)
             try:
@@ -328,18 +321,7 @@ class PartitionStore:
                 self._merge_producers(parts, categories, files["rollup_producer"])
                 for extra in self.extras:
                     tmp = str(self.root / files[extra.kind]) + ".tmp"
-                    have = [p.path(self.root, extra.kind) for p in parts if extra.kind in p.files]
-                    raw = [(p.path(self.root, "events"), p.rows) for p in parts if extra.kind not in p.files]
-                    merge_with_rows = getattr(extra, "merge_with_rows", None)
-                    if not raw:
-                        extra.merge(cur, have, tmp)
-                    elif merge_with_rows is not None:
-                        merge_with_rows(have, raw, tmp)
-                    else:
-                        # Parts without a file of this kind: build the merged part's once from
-                        # all its rows, so the hour has one from now on.
-                        cur.execute(f"CREATE OR REPLACE TEMP VIEW part_rows AS SELECT * FROM {srcs('events')}")
-                        extra.build(cur, "part_rows", tmp)
+                    self._extra_file(cur, extra, parts, tmp)
                     os.replace(tmp, self.root / files[extra.kind])
             finally:
                 cur.close()
@@ -352,6 +334,24 @@ class PartitionStore:
             max(p.max_ts for p in parts),
             files,
         )
+
+    def _extra_file(self, cur: duckdb.DuckDBPyConnection, extra: PartExtra, parts: Sequence[Part], tmp: str) -> None:
+        """``extra``'s file for the rows of ``parts`` at ``tmp``: their files merged, and the rows
+        of those without one built in (see ``PartExtra``)."""
+        have = [p.path(self.root, extra.kind) for p in parts if extra.kind in p.files]
+        raw = [(p.path(self.root, "events"), p.rows) for p in parts if extra.kind not in p.files]
+        merge_with_rows = getattr(extra, "merge_with_rows", None)
+        if not raw:
+            extra.merge(cur, have, tmp)
+        elif merge_with_rows is not None:
+            merge_with_rows(have, raw, tmp)
+        else:  # built once from all the parts' rows
+            events = ", ".join(f"'{p.path(self.root, 'events')}'" for p in parts)
+            cur.execute(
+                "CREATE OR REPLACE TEMP VIEW part_rows AS "
+                f"SELECT * FROM read_parquet([{events}], hive_partitioning = false)"
+            )
+            extra.build(cur, "part_rows", tmp)
 
     def missing(self, part: Part) -> list[str]:
         """The kinds of this store's extras that ``part`` has no file of."""
@@ -370,16 +370,7 @@ class PartitionStore:
                         continue
                     rel = self._paths(part.hour, part.id)[extra.kind]
                     tmp = str(self.root / rel) + ".tmp"
-                    merge_with_rows = getattr(extra, "merge_with_rows", None)
-                    if merge_with_rows is not None:
-                        merge_with_rows([], [(part.path(self.root, "events"), part.rows)], tmp)
-                    else:
-                        events = part.path(self.root, "events")
-                        cur.execute(
-                            "CREATE OR REPLACE TEMP VIEW part_rows AS "
-                            f"SELECT * FROM read_parquet('{events}', hive_partitioning = false)"
-                        )
-                        extra.build(cur, "part_rows", tmp)
+                    self._extra_file(cur, extra, [part], tmp)
                     os.replace(tmp, self.root / rel)
                     files[extra.kind] = rel
             finally:
