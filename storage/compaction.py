@@ -146,23 +146,23 @@ class Compactor:
     def complete(self, part: Part) -> Part:
         """Build the files ``part`` lacks and commit it with them, in place of itself."""
         t0 = time.perf_counter()
-        done = self.store.complete(part)
-        self.manifest.commit(add=[done], remove=[part.id])
-        release_memory()
-        self.compact_seconds += time.perf_counter() - t0
-        return done
+        return self._replace([part], self.store.complete(part), t0)
 
     def compact_hour(self, parts: list[Part]) -> Part:
         t0 = time.perf_counter()
-        merged = self.store.merge(parts)
-        self.manifest.commit(add=[merged], remove=[p.id for p in parts])
-        # A merge holds a window of its hour's rows and its rollups: hand that memory back before
-        # the next hour of a round (a round during a W20 load merges one hour after another for
-        # a minute, beside the persists).
-        release_memory()
+        merged = self._replace(parts, self.store.merge(parts), t0)
         self.compactions += 1
-        self.compact_seconds += time.perf_counter() - t0
         return merged
+
+    def _replace(self, old: Sequence[Part], new: Part, t0: float) -> Part:
+        """Commit ``new`` in place of ``old``, made since ``t0``."""
+        self.manifest.commit(add=[new], remove=[p.id for p in old])
+        # A merge holds a window of its hour's rows and its rollups, a completion the rows it
+        # sketches: hand that memory back before the next hour of a round (a round during a W20
+        # load merges one hour after another for a minute, beside the persists).
+        release_memory()
+        self.compact_seconds += time.perf_counter() - t0
+        return new
 
     def run_once(self, force: bool = False) -> int:
         """Merge every hour that qualifies and complete the parts of quiet hours no merge takes;
@@ -175,19 +175,19 @@ class Compactor:
                 self.compact_hour(parts)
             completed = [self.complete(p) for p in self.incomplete()]
             return len({g[0].hour for g in groups} | {p.hour for p in completed})
-        merged_hours = 0
+        hours = 0
         cap = max(2, self.config.max_parts)
         for parts in list(self.manifest.state.hours().values()):
             left = list(parts)
             if len(left) < 2:
                 if left and self.store.missing(left[0]):
                     self.complete(left[0])
-                    merged_hours += 1
+                    hours += 1
                 continue
             while len(left) > cap:  # the smallest first, each group in the hour's order
                 smallest = {p.id for p in sorted(left, key=lambda p: (p.rows, p.id))[:cap]}
                 merged = self.compact_hour([p for p in left if p.id in smallest])
                 left = [*(p for p in left if p.id not in smallest), merged]
             self.compact_hour(left)
-            merged_hours += 1
-        return merged_hours
+            hours += 1
+        return hours

@@ -362,13 +362,14 @@ class PartitionStore:
         merge builds them, see ``PartExtra``); the caller commits it in place of ``part``. The
         part's other files are its own, unchanged: only its ``files`` grow."""
         files = dict(part.files)
+        paths = self._paths(part.hour, part.id)
         with self._lock:
             cur = storage_cursor(self._con)
             try:
                 for extra in self.extras:
                     if extra.kind in files:
                         continue
-                    rel = self._paths(part.hour, part.id)[extra.kind]
+                    rel = paths[extra.kind]
                     tmp = str(self.root / rel) + ".tmp"
                     self._extra_file(cur, extra, [part], tmp)
                     os.replace(tmp, self.root / rel)
