@@ -104,7 +104,7 @@ class Node:
         root.mkdir(parents=True, exist_ok=True)
         self.started = time.time()
         self.manifest = Manifest(root)
-        # Persists build no sketches: merges sketch an hour's raw parts at once, and compaction
+        # Persists build no sketches: a merge sketches the rows it writes, and compaction
         # completes a quiet hour's part no merge takes (storage/compaction.py). Sketching each
         # persisted part and merging the sketches later cost ~3x as much CPU, and the persists'
         # share of it capped sustained ingest (issue 8).
@@ -115,7 +115,7 @@ class Node:
         # so a long merge never holds the store a persist writes through.
         merge_extras: list[PartExtra] = [BatchesExtra()]
         if config.sketches:
-            merge_extras.append(SketchExtra(config.approx.sketch, build_rows=config.partition.merge_window_rows))
+            merge_extras.append(SketchExtra(config.approx.sketch))
         self.merge_store = PartitionStore(root, self.manifest, config.partition, extras=merge_extras, db=self.db)
         orphans = self.manifest.remove_orphans()
         self.buffer = LiveBuffer()

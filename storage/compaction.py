@@ -9,8 +9,8 @@ cost every query of that hour more files and every event a share of their footer
 
 A quiet hour's part that no merge takes (alone in its hour, or too big to merge) is completed
 instead: given the files of the store's extras it lacks. A node's persists build no sketches
-(``cluster/node.py``): its merges sketch the raw parts' rows, and completion the rest, so an hour
-at rest has every file whichever way it got there.
+(``cluster/node.py``): its merges sketch the rows they write, and completion the rest, so an
+hour at rest has every file whichever way it got there.
 
 The merged part replaces its sources in one manifest commit; the sources' files are deleted
 only when no reader still pins them. A crash before the commit leaves an orphan (deleted at the

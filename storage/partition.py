@@ -41,7 +41,16 @@ from storage.rollup import (
 from storage.rollupmerge import merge_minute_rollups, merge_producer_rollups
 from storage.schema import STORED_SCHEMA
 
-__all__ = ["PartExtra", "PartitionConfig", "PartitionStore", "hour_folder", "sort_rows", "storage_cursor", "storage_db"]
+__all__ = [
+    "PartExtra",
+    "PartWriter",
+    "PartitionConfig",
+    "PartitionStore",
+    "hour_folder",
+    "sort_rows",
+    "storage_cursor",
+    "storage_db",
+]
 
 
 def hour_folder(hour_ns: int) -> str:
@@ -70,21 +79,32 @@ class PartitionConfig:
 
 class PartExtra(Protocol):
     """Something more to build beside each part (e.g. sketches): built from the part's rows by
-    the store that writes it, merged from parts' files on compaction. A part may have no file of
-    a kind: written by a store without that extra (a node's persists build no sketches, its
-    merges do: ``cluster/node.py``) or before the extra was enabled. A merge then builds the
-    file for those parts' rows: with ``merge_with_rows(paths, raw, path)`` when the extra offers
-    it (``raw`` is ``(events file, rows)`` of each part without a file, ``paths`` the files of
-    the others), else by ``build`` once over all the merged rows. ``complete`` adds the missing
-    files to a part no merge takes. ``build`` and ``merge`` leave ``path`` fsynced. An extra may
-    also offer ``build_table(rows, path, producer_counts)``: a new part's extras are then built
-    from its Arrow rows and producer rollup directly, without the DuckDB round trip."""
+    the store that writes it, and for a merged part from the merged rows or the parts' files.
+
+    An extra that offers ``writer(path)`` (a ``PartWriter``) is built from rows whenever a part
+    is made: a merge hands the writer the merged rows as it writes them, and ``complete`` (a
+    part no merge takes, written by a store without the extra: a node's persists build no
+    sketches, ``cluster/node.py``) hands it the part's rows. Any other extra is merged from the
+    parts' files (``merge``) when every part has one, else built by ``build`` once over all the
+    merged rows (a part written before the extra was enabled). ``build`` and ``merge`` leave
+    ``path`` fsynced. An extra may also offer ``build_table(rows, path, producer_counts)``: a new
+    part's extras are then built from its Arrow rows and producer rollup directly, without the
+    DuckDB round trip."""
 
     kind: str
 
     def build(self, con: duckdb.DuckDBPyConnection, rows_relation: str, path: str) -> None: ...
 
     def merge(self, con: duckdb.DuckDBPyConnection, paths: Sequence[str], path: str) -> None: ...
+
+
+class PartWriter(Protocol):
+    """An extra's file built from rows handed in batches: STORED_SCHEMA rows in (category,
+    timestamp) order, as a merge writes them; ``finish`` leaves the file fsynced."""
+
+    def add(self, rows: pa.Table) -> None: ...
+
+    def finish(self) -> None: ...
 
 
 def sort_rows(rows: pa.Table, by_category: Ints | None = None) -> list[tuple[int, pa.Table]]:
@@ -240,12 +260,21 @@ class PartitionStore:
 
         return opened()
 
-    def _merge_events(self, parts: Sequence[Part], categories: list[str], rel: str) -> None:
+    def _merge_events(
+        self, parts: Sequence[Part], categories: list[str], rel: str, writers: Sequence[PartWriter]
+    ) -> None:
         """The parts' events merged into one file, sorted by (category, timestamp), in bounded
-        memory (``storage/eventmerge.py``); written in whole row groups."""
+        memory (``storage/eventmerge.py``); written in whole row groups, and handed to
+        ``writers`` as they are."""
         c = self.config
         schema = STORED_SCHEMA.with_metadata({**(STORED_SCHEMA.metadata or {}), EVENTS_SORT_KEY: EVENTS_SORTED_BY})
-        with self._merged_file(rel, schema, _EVENTS_OPTIONS, c.row_group_rows) as take:
+        with self._merged_file(rel, schema, _EVENTS_OPTIONS, c.row_group_rows) as write:
+
+            def take(rows: pa.Table) -> None:
+                write(rows)
+                for writer in writers:
+                    writer.add(rows)
+
             written = merge_events([p.path(self.root, "events") for p in parts], categories, take, c.merge_window_rows)
         expected = sum(p.rows for p in parts)
         if written != expected:
@@ -317,12 +346,16 @@ class PartitionStore:
                 # The minute rollups name every category of the parts' rows.
                 categories = sorted(pc.unique(minutes["category"]).to_pylist())
                 del minutes
-                self._merge_events(parts, categories, files["events"])
+                tmps = {e.kind: str(self.root / files[e.kind]) + ".tmp" for e in self.extras}
+                writers = {e.kind: w(tmps[e.kind]) for e in self.extras if (w := getattr(e, "writer", None))}
+                self._merge_events(parts, categories, files["events"], list(writers.values()))
                 self._merge_producers(parts, categories, files["rollup_producer"])
                 for extra in self.extras:
-                    tmp = str(self.root / files[extra.kind]) + ".tmp"
-                    self._extra_file(cur, extra, parts, tmp)
-                    os.replace(tmp, self.root / files[extra.kind])
+                    if extra.kind in writers:
+                        writers[extra.kind].finish()
+                    else:
+                        self._extra_file(cur, extra, parts, tmps[extra.kind])
+                    os.replace(tmps[extra.kind], self.root / files[extra.kind])
             finally:
                 cur.close()
         fsync_dir((self.root / files["events"]).parent)
@@ -336,22 +369,17 @@ class PartitionStore:
         )
 
     def _extra_file(self, cur: duckdb.DuckDBPyConnection, extra: PartExtra, parts: Sequence[Part], tmp: str) -> None:
-        """``extra``'s file for the rows of ``parts`` at ``tmp``: their files merged, and the rows
-        of those without one built in (see ``PartExtra``)."""
-        have = [p.path(self.root, extra.kind) for p in parts if extra.kind in p.files]
-        raw = [(p.path(self.root, "events"), p.rows) for p in parts if extra.kind not in p.files]
-        merge_with_rows = getattr(extra, "merge_with_rows", None)
-        if not raw:
-            extra.merge(cur, have, tmp)
-        elif merge_with_rows is not None:
-            merge_with_rows(have, raw, tmp)
-        else:  # built once from all the parts' rows
-            events = ", ".join(f"'{p.path(self.root, 'events')}'" for p in parts)
-            cur.execute(
-                "CREATE OR REPLACE TEMP VIEW part_rows AS "
-                f"SELECT * FROM read_parquet([{events}], hive_partitioning = false)"
-            )
-            extra.build(cur, "part_rows", tmp)
+        """``extra``'s file for the rows of ``parts`` at ``tmp``, for an extra without a
+        ``writer``: their files merged, or built from all their rows if one has none."""
+        if all(extra.kind in p.files for p in parts):
+            extra.merge(cur, [p.path(self.root, extra.kind) for p in parts], tmp)
+            return
+        events = ", ".join(f"'{p.path(self.root, 'events')}'" for p in parts)
+        cur.execute(
+            "CREATE OR REPLACE TEMP VIEW part_rows AS "
+            f"SELECT * FROM read_parquet([{events}], hive_partitioning = false)"
+        )
+        extra.build(cur, "part_rows", tmp)
 
     def missing(self, part: Part) -> list[str]:
         """The kinds of this store's extras that ``part`` has no file of."""
@@ -371,13 +399,27 @@ class PartitionStore:
                         continue
                     rel = paths[extra.kind]
                     tmp = str(self.root / rel) + ".tmp"
-                    self._extra_file(cur, extra, [part], tmp)
+                    writer = getattr(extra, "writer", None)
+                    if writer is not None:
+                        self._write_from_rows(writer(tmp), part)
+                    else:
+                        self._extra_file(cur, extra, [part], tmp)
                     os.replace(tmp, self.root / rel)
                     files[extra.kind] = rel
             finally:
                 cur.close()
         fsync_dir((self.root / files["events"]).parent)
         return replace(part, files=files)
+
+    def _write_from_rows(self, writer: PartWriter, part: Part) -> None:
+        """Hand ``writer`` the part's rows a row group at a time, and finish it."""
+        try:
+            events = pq.ParquetFile(part.path(self.root, "events"))
+            for group in range(events.metadata.num_row_groups):
+                writer.add(events.read_row_group(group, columns=STORED_SCHEMA.names, use_threads=False))
+        except (OSError, pa.ArrowException) as e:
+            raise StorageError(f"events of part {part.id} cannot be read: {e}") from e
+        writer.finish()
 
     def remove_tmp_files(self) -> None:
         for path in (self.root / "partitions").rglob("*.tmp"):

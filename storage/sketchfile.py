@@ -1,11 +1,12 @@
 """Sketch files: ``sketch_v2-<part>.parquet`` beside each part, for approximate answers (issue 7).
 
 A sketch file holds ``storage.sketch.SKETCH_SCHEMA`` rows, one per (category, shard, hour) of
-its part, built from exactly the part's rows when the part is written and merged (never rebuilt
-from raw rows) when parts are compacted. Its size is bounded per row by
-``SketchConfig.max_bytes()`` whatever the part's row count. ``SketchExtra`` plugs it into
-``PartitionStore`` as a ``PartExtra`` of kind ``sketch``; a part written while sketches were off
-has no such file, and readers must then sketch that part's raw rows themselves.
+its part, built from exactly the part's rows: by a merge from the merged rows as it writes them
+(``SketchWriter``), by the completion of a part no merge takes, or when the part is written by a
+store that has the extra. Its size is bounded per row by ``SketchConfig.max_bytes()`` whatever
+the part's row count. ``SketchExtra`` plugs it into ``PartitionStore`` as a ``PartExtra`` of kind
+``sketch_v2``; a part without such a file (a node's persisted parts until compaction, or parts
+written while sketches were off) is sketched from its raw rows by the readers themselves.
 
 The kind is versioned: ``sketch_v2`` files hold CPC distinct sketches and keep small groups'
 values instead of a KLL (issue 8). A part written by an older node names a ``sketch`` file (HLL,
@@ -22,13 +23,14 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from storage.errors import StorageError
 from storage.sketch import SKETCH_KEYS, SKETCH_SCHEMA, SketchConfig, build_sketches
 from storage.sketchmerge import merge_sketch_tables
 
-__all__ = ["SKETCH_KIND", "SketchExtra", "read_sketch_file", "write_sketch_file"]
+__all__ = ["SKETCH_KIND", "SketchExtra", "SketchWriter", "read_sketch_file", "write_sketch_file"]
 
 SKETCH_KIND = "sketch_v2"
 
@@ -79,6 +81,61 @@ def read_sketch_file(path: str) -> pa.Table:
         raise StorageError(f"sketch file {path} cannot be read: {e}") from e
 
 
+class SketchWriter:
+    """A sketch file built from rows handed in batches (``add``), written by ``finish``.
+
+    Rows are sketched a few hundred thousand at a time, cut where a category ends: a group is a
+    (category, shard, hour), so batches of whole categories sketch disjoint groups whose rows
+    need no merging afterwards, and the rows and the build's working memory are held for one
+    batch, not for the whole part. Sketching W20's hour (833k events) at once held ~130 MiB
+    above its rows; in batches of 262k rows ~40 MiB, for the same CPU (0.26-0.33 s either way).
+    Any order of rows is correct: a category handed in pieces that do not fit one batch is
+    sketched in several, and ``finish`` merges those groups (``merge_sketch_tables``). A merge
+    hands the rows in (category, timestamp) order, as it writes them, so that is rare.
+    """
+
+    def __init__(self, path: str, config: SketchConfig, compression: str, batch_rows: int) -> None:
+        self.path = path
+        self.config = config
+        self.compression = compression
+        self.batch_rows = batch_rows
+        self._held: list[pa.Table] = []
+        self._held_rows = 0
+        self._sketches: list[pa.Table] = []
+
+    def add(self, rows: pa.Table) -> None:
+        """Take ``rows`` (STORED_SCHEMA columns, or at least those sketched); once a batch is
+        held, sketch it up to where its last category starts (all of it if it is one category)."""
+        if rows.num_rows == 0:
+            return
+        self._held.append(rows.select(_SKETCHED))
+        self._held_rows += rows.num_rows
+        if self._held_rows >= self.batch_rows:
+            self._sketch(keep_last_category=True)
+
+    def _sketch(self, keep_last_category: bool) -> None:
+        held = pa.concat_tables(self._held)
+        cut = held.num_rows
+        if keep_last_category:
+            category = held["category"]
+            # Rows in category order: where the last category starts (any other order is only
+            # split differently).
+            cut = pc.index(category, category[-1]).as_py() or held.num_rows
+        self._sketches.append(build_sketches(held.slice(0, cut), self.config))
+        rest = held.slice(cut)
+        self._held = [rest] if rest.num_rows else []
+        self._held_rows = rest.num_rows
+
+    def finish(self) -> None:
+        """Sketch what is held and write the file, fsynced (the caller renames it into place)."""
+        if self._held:
+            self._sketch(keep_last_category=False)
+        tables = self._sketches or [SKETCH_SCHEMA.empty_table()]
+        table = tables[0] if len(tables) == 1 else merge_sketch_tables(tables, self.config)
+        self._sketches = []
+        write_sketch_file(table, self.path, self.compression)
+
+
 class SketchExtra:
     """``PartExtra`` of kind ``sketch_v2``: CPC, frequent-items and KLL sketches of a part's rows
     per (category, shard, hour), sized by ``config``."""
@@ -86,13 +143,12 @@ class SketchExtra:
     kind = SKETCH_KIND
 
     def __init__(
-        self, config: SketchConfig | None = None, compression: str = "zstd", build_rows: int = 1 << 20
+        self, config: SketchConfig | None = None, compression: str = "zstd", batch_rows: int = 1 << 18
     ) -> None:
         self.config = config or SketchConfig()
         self.compression = compression
-        # ``merge_with_rows`` sketches raw parts this many rows at a time at most: the rows and
-        # the sort keys of one build are held whole.
-        self.build_rows = build_rows
+        # A ``writer`` sketches about this many rows at a time (``SketchWriter``).
+        self.batch_rows = batch_rows
 
     def build(self, con: duckdb.DuckDBPyConnection, rows_relation: str, path: str) -> None:
         """Sketch the rows of ``rows_relation`` (STORED_SCHEMA columns) into ``path``, fsynced."""
@@ -111,35 +167,11 @@ class SketchExtra:
         tables = [read_sketch_file(p) for p in paths]
         write_sketch_file(merge_sketch_tables(tables, self.config), path, self.compression)
 
-    def merge_with_rows(self, paths: Sequence[str], raw: Sequence[tuple[str, int]], path: str) -> None:
-        """``merge``, where the parts of ``raw`` (events file, rows) have no sketch file: their
-        rows are sketched together, ``build_rows`` at a time, and merged with the files
-        ``paths``. Sketching an hour's raw parts at once is cheaper than sketching each and
-        merging the sketches: on W20, 0.28-0.40 s for an hour's seven persisted parts (833k
-        events), against 0.25-0.50 s to build their sketches one part at a time and 0.86-0.95 s
-        more to merge those (``merge_sketch_tables`` works a group at a time, 5,120 groups a
-        part), so a node's persists build none (``cluster/node.py``, issue 8)."""
-        tables = [read_sketch_file(p) for p in paths]
-        for batch in _batches(raw, self.build_rows):
-            try:
-                rows = pa.concat_tables([pq.read_table(f, columns=_SKETCHED) for f in batch])
-            except (OSError, pa.ArrowException) as e:
-                raise StorageError(f"events of {batch} cannot be read for sketching: {e}") from e
-            tables.append(build_sketches(rows, self.config))
-            del rows
-        table = tables[0] if len(tables) == 1 else merge_sketch_tables(tables, self.config)
-        write_sketch_file(table, path, self.compression)
-
-
-def _batches(raw: Sequence[tuple[str, int]], rows: int) -> list[list[str]]:
-    """The files of ``raw`` (path, rows) in order, in runs of at most ``rows`` rows (a file
-    larger than that alone)."""
-    out: list[list[str]] = []
-    held = 0
-    for path, n in raw:
-        if not out or held + n > rows:
-            out.append([])
-            held = 0
-        out[-1].append(path)
-        held += n
-    return out
+    def writer(self, path: str) -> SketchWriter:
+        """A ``SketchWriter`` of ``path``: a merge hands it the merged rows as it writes them, so
+        the parts' rows are sketched once more rather than their sketch files merged. On W20
+        that is the cheaper of the two: an hour's 833k events sketch in 0.26-0.33 s, and merging
+        its seven persisted parts' sketches took 0.86-0.95 s (``merge_sketch_tables`` works a
+        group at a time, 5,120 groups a part), so a node's persists build none
+        (``cluster/node.py``, issue 8). It also needs no second read of the rows."""
+        return SketchWriter(path, self.config, self.compression, self.batch_rows)

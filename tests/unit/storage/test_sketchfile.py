@@ -13,7 +13,6 @@ from storage.errors import StorageError
 from storage.rollup import producer_rollup
 from storage.sketch import SKETCH_SCHEMA, SketchConfig, build_sketches
 from storage.sketchfile import SketchExtra, read_sketch_file, write_sketch_file
-from storage.sketchmerge import merge_sketch_tables
 from tests.unit.storage.test_sketch import workload
 
 
@@ -83,36 +82,48 @@ def test_build_paths_write_the_same_sketches(tmp_path: Path) -> None:
     assert tables[0] == tables[1] == tables[2]
 
 
-@pytest.mark.parametrize("build_rows", [2_500, 1 << 20])
-def test_raw_parts_are_sketched_and_merged_with_the_others(tmp_path: Path, build_rows: int) -> None:
-    """A merge of parts of which some have no sketch file (a node's persists build none): the
-    merged file counts every row of every part per (category, shard, hour); sketched one raw
-    part at a time it equals merging every part's own sketches, sketched together it keeps the
-    same counts and small groups' values."""
+@pytest.mark.parametrize("batch_rows", [700, 2_500, 1 << 20])
+def test_a_writer_sketches_whole_categories_a_batch_at_a_time(
+    tmp_path: Path, batch_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows handed in (category, timestamp) order in windows, as a merge writes them: the file
+    counts every row per (category, shard, hour) against a DuckDB oracle and keeps small groups'
+    values; with batches larger than any category it is exactly the sketch of all the rows at
+    once (KLL aside: its compaction is randomised). No build holds more than a batch and a
+    window, and none splits a category that fits a batch."""
     config = SketchConfig(hll_lg_k=8, frequent_lg_max_k=4, kll_k=16)
-    rows = workload(seed=17, n=9_000, producers=1_500, hours=2)
-    pieces = [rows.slice(0, 2_000), rows.slice(2_000, 2_500), rows.slice(4_500, 2_000), rows.slice(6_500)]
-    extra = SketchExtra(config, build_rows=build_rows)
-    sketched = []
-    for i, piece in enumerate(pieces[:2]):
-        sketched.append(str(tmp_path / f"sketch-{i}.parquet"))
-        extra.build_table(piece, sketched[-1])
-    raw = []
-    for i, piece in enumerate(pieces[2:]):
-        raw.append((str(tmp_path / f"events-{i}.parquet"), piece.num_rows))
-        pq.write_table(piece, raw[-1][0])
-    extra.merge_with_rows(sketched, raw, str(tmp_path / "merged.parquet"))
-    merged = read_sketch_file(str(tmp_path / "merged.parquet")).drop_columns(["kll"])
+    rows = workload(seed=17, n=9_000, producers=1_500, categories=8, hours=2)
+    rows = rows.sort_by([("category", "ascending"), ("timestamp", "ascending")])
+    builds: list[pa.Table] = []
 
-    per_piece = merge_sketch_tables([build_sketches(p, config) for p in pieces], config).drop_columns(["kll"])
+    def recorded(batch: pa.Table, cfg: SketchConfig) -> pa.Table:
+        builds.append(batch)
+        return build_sketches(batch, cfg)
+
+    monkeypatch.setattr("storage.sketchfile.build_sketches", recorded)
+    writer = SketchExtra(config, batch_rows=batch_rows).writer(str(tmp_path / "sketch.parquet"))
+    window = 400
+    for start in range(0, rows.num_rows, window):
+        writer.add(rows.slice(start, window))
+    writer.finish()
+    written = read_sketch_file(str(tmp_path / "sketch.parquet")).drop_columns(["kll"])
+
     con = duckdb.connect()
     con.register("rows", rows)
     counts = con.sql(
         "SELECT category, shard, timestamp - timestamp % 3600000000000 AS hour, count(*) FROM rows "
         "GROUP BY ALL ORDER BY ALL"
     ).fetchall()
-    assert [tuple(r.values()) for r in merged.select(["category", "shard", "hour", "n"]).to_pylist()] == counts
-    if build_rows < 2_000 + 2_500:  # the raw parts apart: exactly what merging their own sketches gives
-        assert merged == per_piece
-    else:
-        assert merged["value_deltas"] == per_piece["value_deltas"]
+    assert [tuple(r.values()) for r in written.select(["category", "shard", "hour", "n"]).to_pylist()] == counts
+    at_once = build_sketches(rows, config).drop_columns(["kll"])
+    assert written["value_deltas"] == at_once["value_deltas"]
+    assert sum(b.num_rows for b in builds) == rows.num_rows
+    assert all(b.num_rows <= batch_rows + window for b in builds)
+    per_category = dict(con.sql("SELECT category, count(*) FROM rows GROUP BY ALL").fetchall())
+    if batch_rows >= max(per_category.values()):
+        assert written == at_once
+        for b in builds:
+            con.register("built", b)
+            built = dict(con.sql("SELECT category, count(*) FROM built GROUP BY ALL").fetchall())
+            assert built == {c: per_category[c] for c in built}  # whole categories
+    assert (len(builds) == 1) == (batch_rows >= rows.num_rows)
