@@ -12,10 +12,10 @@ Each round starts a fresh server on an empty data directory, posts W20's first `
 events in the chosen format with ``--clients`` client processes (the same bodies and batch sizes
 as ``bench.run``), and prints: acknowledged events per second (the posting only, as ``bench.run``
 measures it), the server's CPU per event, how busy the whole machine was while posting, and the
-server's peak RSS while posting (``bench.server.RssSampler``, as ``bench.run``); with
-``--settle``, also the server's CPU per event from the first post until background compaction
-has settled (persists, merges and sketches included). ``bench.run``
-measures the three formats one after another on one node, so each pays for its predecessor's
+server's peak RSS while posting (``bench.server.RssSampler``, as ``bench.run``) and after it
+(persisting, and compacting with ``--settle``); with ``--settle``, also the server's CPU per event
+from the first post until background compaction has settled (persists, merges and sketches
+included). ``bench.run`` measures the three formats one after another on one node, so each pays for its predecessor's
 persisting and compaction; this measures one alone. Nothing is written to
 ``bench/RESULTS.md``: quote the figures with the command.
 """
@@ -86,7 +86,8 @@ def main() -> None:
             f"{result.events_per_s / 1e6:.3f}M events/s ({result.retries} of {result.batches} posts refused "
             f"and sent again); server CPU {cpu / result.events * 1e6:.2f} µs/event; "
             f"machine {busy / (cores * result.seconds):.0%} busy; server peak RSS {peaks['ingest'] >> 20} MiB; "
-            f"persisted {persisted} s after the last acknowledgement{settled}",
+            f"persisted {persisted} s after the last acknowledgement{settled}; server peak RSS after the "
+            f"last post {peaks['persist'] >> 20} MiB",
             flush=True,
         )
 
