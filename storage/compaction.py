@@ -35,8 +35,9 @@ class CompactionConfig:
     min_parts: int = 4  # an hour with at least this many parts is merged
     max_rows: int = 20_000_000  # never build a part larger than this
     small_rows: int = 1_000_000  # parts up to this size are always merged together
-    # A merge takes at most this many parts: its rollups and sketches are held whole, so their
-    # memory grows with the parts merged (a soak at 290k events/s left ~100 small parts an hour
+    # A merge takes at most this many parts: its minute rollups are held whole (and were its
+    # parts' sketches, before merges sketched their rows), so their memory grows with the parts
+    # merged (a soak at 290k events/s left ~100 small parts an hour
     # per round, and merging them at once took the node from 0.6 to 1.7 GB); more parts make
     # more merges in the same round.
     max_parts: int = 32

@@ -3,9 +3,10 @@
 Each sketch row holds three Apache DataSketches, serialized: a CPC sketch of ``producer_id``
 (distinct producers), a frequent-items sketch of ``producer_id`` weighted by event count
 (approximate top-k with hard bounds), and a KLL sketch of ``value`` (quantiles). Sketches are built
-once from raw rows when a buffer is persisted and afterwards only merged (compaction, range
-queries), never rebuilt; every serialized sketch is bounded by ``SketchConfig.max_bytes()``
-whatever the number of rows.
+from raw rows (by compaction, from the rows each merge writes, and per query for the rows no
+sketch file covers) and merged where groups meet (range queries, a category sketched in
+pieces); every serialized sketch is bounded by ``SketchConfig.max_bytes()`` whatever the number
+of rows.
 
 A group of at most ``kll_k`` values stores them instead of a KLL (issue 8): such a KLL holds every
 value exactly and has never compacted, so the values answer exactly as it would, and sorted

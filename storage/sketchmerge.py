@@ -1,4 +1,5 @@
-"""Merging sketch rows: compaction merges a part's sketch files, queries merge the rows in range.
+"""Merging sketch rows: queries merge the rows in range, a sketch writer the groups it sketched
+in pieces (``storage.sketchfile``).
 
 The stored forms are ``storage.sketch``'s: a group of at most ``kll_k`` values keeps its sorted
 values (``value_deltas``) instead of a KLL, and a frequent-items sketch whose counters are exact
