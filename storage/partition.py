@@ -78,18 +78,17 @@ class PartitionConfig:
 
 
 class PartExtra(Protocol):
-    """Something more to build beside each part (e.g. sketches): built from the part's rows by
-    the store that writes it, and for a merged part from the merged rows or the parts' files.
+    """Something more to build beside each part (e.g. sketches), from the part's rows or from
+    the files of the parts a merge takes.
 
     An extra that offers ``writer(path)`` (a ``PartWriter``) is built from rows whenever a part
-    is made: a merge hands the writer the merged rows as it writes them, and ``complete`` (a
-    part no merge takes, written by a store without the extra: a node's persists build no
-    sketches, ``cluster/node.py``) hands it the part's rows. Any other extra is merged from the
-    parts' files (``merge``) when every part has one, else built by ``build`` once over all the
-    merged rows (a part written before the extra was enabled). ``build`` and ``merge`` leave
-    ``path`` fsynced. An extra may also offer ``build_table(rows, path, producer_counts)``: a new
-    part's extras are then built from its Arrow rows and producer rollup directly, without the
-    DuckDB round trip."""
+    is made: a new part's rows when a store with the extra writes it, the merged rows as a merge
+    writes them, and the part's rows when ``complete`` gives a part the files it lacks (written
+    by a store without the extra: a node's persists build no sketches, ``cluster/node.py``). Any
+    other extra is built by ``build`` from a new part's rows, and for a merged part merged from
+    the parts' files (``merge``) when every part has one, else built once over all the merged
+    rows (a part written before the extra was enabled). ``build`` and ``merge`` leave ``path``
+    fsynced."""
 
     kind: str
 
@@ -105,6 +104,12 @@ class PartWriter(Protocol):
     def add(self, rows: pa.Table) -> None: ...
 
     def finish(self) -> None: ...
+
+
+def _writer(extra: PartExtra, path: str) -> PartWriter | None:
+    """``extra``'s writer of ``path``, or None when it offers none (see ``PartExtra``)."""
+    make = getattr(extra, "writer", None)
+    return None if make is None else make(path)
 
 
 def sort_rows(rows: pa.Table, by_category: Ints | None = None) -> list[tuple[int, pa.Table]]:
@@ -311,17 +316,17 @@ class PartitionStore:
         files = self._paths(hour, pid)
         self._write_events(rows, files["events"])
         self._write_file(minute_rollup(rows), files["rollup_minute"], _MINUTE_OPTIONS)
-        producers = producer_rollup(rows)
-        self._write_file(producers, files["rollup_producer"], _PRODUCER_OPTIONS)
+        self._write_file(producer_rollup(rows), files["rollup_producer"], _PRODUCER_OPTIONS)
         if self.extras:
             cur = storage_cursor(self._con)
             try:
                 cur.register("part_rows", rows)
                 for extra in self.extras:
                     tmp = str(self.root / files[extra.kind]) + ".tmp"
-                    build_table = getattr(extra, "build_table", None)
-                    if build_table is not None:
-                        build_table(rows, tmp, producers)
+                    writer = _writer(extra, tmp)
+                    if writer is not None:
+                        writer.add(rows)
+                        writer.finish()
                     else:
                         extra.build(cur, "part_rows", tmp)
                     os.replace(tmp, self.root / files[extra.kind])
@@ -347,7 +352,7 @@ class PartitionStore:
                 categories = sorted(pc.unique(minutes["category"]).to_pylist())
                 del minutes
                 tmps = {e.kind: str(self.root / files[e.kind]) + ".tmp" for e in self.extras}
-                writers = {e.kind: w(tmps[e.kind]) for e in self.extras if (w := getattr(e, "writer", None))}
+                writers = {e.kind: w for e in self.extras if (w := _writer(e, tmps[e.kind])) is not None}
                 self._merge_events(parts, categories, files["events"], list(writers.values()))
                 self._merge_producers(parts, categories, files["rollup_producer"])
                 for extra in self.extras:
@@ -399,9 +404,9 @@ class PartitionStore:
                         continue
                     rel = paths[extra.kind]
                     tmp = str(self.root / rel) + ".tmp"
-                    writer = getattr(extra, "writer", None)
+                    writer = _writer(extra, tmp)
                     if writer is not None:
-                        self._write_from_rows(writer(tmp), part)
+                        self._write_from_rows(writer, part)
                     else:
                         self._extra_file(cur, extra, [part], tmp)
                     os.replace(tmp, self.root / rel)

@@ -146,9 +146,7 @@ class SketchConfig:
         }
 
 
-def build_sketches(
-    rows: pa.Table, config: SketchConfig = SketchConfig(), producer_counts: pa.Table | None = None
-) -> pa.Table:
+def build_sketches(rows: pa.Table, config: SketchConfig = SketchConfig()) -> pa.Table:
     """Sketch raw rows (``STORED_SCHEMA`` columns) into one ``SKETCH_SCHEMA`` row per
     (category, shard, hour), sorted by those keys; ``hour`` is the timestamp floored to the hour.
 
@@ -160,10 +158,6 @@ def build_sketches(
     input order). The bytes do not depend on row order (kll aside: its compaction is randomised
     by design).
 
-    ``producer_counts``, when given, is the producer rollup of exactly these rows (columns
-    category, shard, hour, producer_id, count, as ``storage.rollup.producer_rollup`` makes it),
-    which saves counting them again; raises ``ValueError`` if its counts do not add up to the rows.
-
     Cost: a few integer sorts over the rows (no string sort), then one sketch update per
     distinct (group, producer) for the CPC sketch and at most ``kept_producers()`` per group for
     the frequent items.
@@ -171,12 +165,9 @@ def build_sketches(
     if rows.num_rows == 0:
         return SKETCH_SCHEMA.empty_table()
     groups = _Groups(rows)
-    key = groups.key(rows["category"], rows["shard"], combined(rows["timestamp"]).to_numpy())
+    key = groups.key(rows)
     keys, sizes, values = _sorted_values(key, combined(rows["value"]).to_numpy())
-    if producer_counts is None:
-        pair_group, producers, counts = _count_pairs(key, keys, combined(rows["producer_id"]))
-    else:
-        pair_group, producers, counts = _ranked_pairs(groups, keys, producer_counts, rows.num_rows)
+    pair_group, producers, counts = _count_pairs(key, keys, combined(rows["producer_id"]))
     starts = np.searchsorted(pair_group, np.arange(len(keys)))
     ends = np.append(starts[1:], len(pair_group))
     # The frequent items: each group's first kept_producers() pairs (most events first), exact,
@@ -278,17 +269,13 @@ class _Groups:
             self.hours = np.unique(hour)
             self.span = len(self.hours)
 
-    def key(self, category: pa.Array | pa.ChunkedArray, shard: pa.Array | pa.ChunkedArray, ts: _Ints) -> _Ints:
-        """The keys of rows with these columns (``ts``: any timestamp within the hour)."""
-        position = pc.index_in(combined(category), value_set=self.categories)
-        if position.null_count:
-            raise ValueError("a category the rows do not have")
-        hour = ts // HOUR_NS
+    def key(self, rows: pa.Table) -> _Ints:
+        """The key of each of ``rows`` (the rows the groups were made from)."""
+        position = pc.index_in(combined(rows["category"]), value_set=self.categories).to_numpy()
+        hour = combined(rows["timestamp"]).to_numpy() // HOUR_NS
         index = np.searchsorted(self.hours, hour) if self.hours is not None else hour - self.first_hour
-        shards = combined(shard).to_numpy().astype(np.int64)
-        if len(shards) and int(shards.max()) >= self.shards:
-            raise ValueError("a shard the rows do not have")
-        key: _Ints = (position.to_numpy().astype(np.int64) * self.shards + shards) * self.span + index
+        shards = combined(rows["shard"]).to_numpy().astype(np.int64)
+        key: _Ints = (position.astype(np.int64) * self.shards + shards) * self.span + index
         return key
 
     def decode(self, keys: _Ints) -> tuple[list[str], list[int], list[int]]:
@@ -317,20 +304,6 @@ def _count_pairs(key: _Ints, keys: _Ints, producer_id: pa.Array) -> tuple[_Ints,
         pair_group = np.searchsorted(keys, pair_group)  # sorted needles: one pass
     order = _rank(pair_group, counts, xxh64_strings(producers.dictionary)[pair_code])
     return pair_group[order], producers.dictionary.take(pa.array(pair_code[order])), counts[order]
-
-
-def _ranked_pairs(groups: _Groups, keys: _Ints, table: pa.Table, rows: int) -> tuple[_Ints, pa.Array, _Ints]:
-    """``_count_pairs`` from a producer rollup of the rows instead of the rows."""
-    counts = combined(table["count"]).to_numpy().astype(np.int64)
-    if int(counts.sum()) != rows:
-        raise ValueError(f"producer counts add up to {int(counts.sum())} events, not the {rows} rows sketched")
-    key = groups.key(table["category"], table["shard"], combined(table["hour"]).to_numpy())
-    pair_group = np.searchsorted(keys, key)
-    if not np.array_equal(keys[np.minimum(pair_group, len(keys) - 1)], key):
-        raise ValueError("producer counts of a (category, shard, hour) the rows do not have")
-    producer_id = combined(table["producer_id"])
-    order = _rank(pair_group, counts, xxh64_strings(producer_id))
-    return pair_group[order], producer_id.take(pa.array(order)), counts[order]
 
 
 def _rank(group: _Ints, counts: _Ints, tie: npt.NDArray[np.uint64]) -> _Ints:

@@ -11,14 +11,12 @@ import datasketches as ds
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storage import sketch
 from storage.errors import StorageError
-from storage.rollup import producer_rollup
 from storage.schema import HOUR_NS, STORED_SCHEMA, ShardHasher
 from storage.sketch import SKETCH_SCHEMA, SketchConfig, build_sketches
 from storage.sketchmerge import frequent_error, merge_frequent_rows, merge_kll, merge_sketch_tables, stored_values
@@ -458,34 +456,6 @@ def test_general_paths_build_the_same_sketches(monkeypatch: pytest.MonkeyPatch) 
     assert check_frequent_bounds(slow, rows) > 0
 
 
-@pytest.mark.parametrize("seed", [9, 10])
-def test_producer_rollup_gives_the_same_sketches(seed: int) -> None:
-    rows = workload(seed=seed, n=8_000, producers=1_500, hours=2)
-    from_rows = build_sketches(rows, SMALL)
-    from_counts = build_sketches(rows, SMALL, producer_counts=producer_rollup(rows))
-    assert from_counts.drop_columns(["kll"]) == from_rows.drop_columns(["kll"])
-    assert check_frequent_bounds(from_counts, rows) > 0
-
-
-def test_producer_counts_must_be_of_the_rows() -> None:
-    rows = workload(seed=12, n=2_000, hours=2)
-    counts = producer_rollup(rows)
-    with pytest.raises(ValueError, match="add up"):
-        build_sketches(rows, SMALL, producer_counts=counts.slice(1))
-    with pytest.raises(ValueError, match="add up"):
-        build_sketches(rows.slice(1), SMALL, producer_counts=counts)
-    # The right total, but a group the rows do not have.
-    moved = counts.set_column(2, "hour", pc.add(counts["hour"], pa.scalar(7 * HOUR_NS, pa.int64())))
-    with pytest.raises(ValueError, match="do not have"):
-        build_sketches(rows, SMALL, producer_counts=moved)
-    # A shard past the rows' own: keys are dense over the rows' shards, so it must be refused,
-    # not read as another group's key.
-    top = int(pc.max(rows["shard"]).as_py())
-    beyond = counts.set_column(1, "shard", pa.array([top + 1] * counts.num_rows, pa.uint16()))
-    with pytest.raises(ValueError, match="a shard the rows do not have"):
-        build_sketches(rows, SMALL, producer_counts=beyond)
-
-
 def test_small_groups_keep_their_values_exactly_whatever_their_range() -> None:
     # Differences of int64 extremes wrap around modulo 2^64, and their sums wrap back.
     values = [2**63 - 1, -(2**63), 0, -1, 5, 5, 2**62]
@@ -547,12 +517,10 @@ def test_building_and_merging_sketches_does_not_import_polars() -> None:
         "import pyarrow as pa\n"
         "from storage.sketch import build_sketches\n"
         "from storage.sketchmerge import merge_sketch_tables\n"
-        "from storage.rollup import producer_rollup\n"
         "from tests.eventgen import random_events, stored\n"
         "import random\n"
         "rows = [stored(random_events(random.Random(i), 3000, producers=500)) for i in range(2)]\n"
         "built = [build_sketches(r) for r in rows]\n"
-        "built.append(build_sketches(rows[0], producer_counts=producer_rollup(rows[0])))\n"
         "merged = merge_sketch_tables(built)\n"
         "print(merged.num_rows > 0, 'polars' in sys.modules)\n"
     )

@@ -10,7 +10,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from storage.errors import StorageError
-from storage.rollup import producer_rollup
 from storage.sketch import SKETCH_SCHEMA, SketchConfig, build_sketches
 from storage.sketchfile import SketchExtra, read_sketch_file, write_sketch_file
 from tests.unit.storage.test_sketch import workload
@@ -68,15 +67,21 @@ def test_unreadable_files_are_storage_errors(tmp_path: Path, sketches: pa.Table)
 
 def test_build_paths_write_the_same_sketches(tmp_path: Path) -> None:
     rows = workload(seed=13, n=6_000, producers=1_000, hours=1)
+    rows = rows.sort_by([("category", "ascending"), ("timestamp", "ascending")])
     extra = SketchExtra(SketchConfig(hll_lg_k=8, frequent_lg_max_k=4, kll_k=16))
     con = duckdb.connect()
     con.register("part_rows", rows)
     extra.build(con, "part_rows", str(tmp_path / "duckdb.parquet"))
-    extra.build_table(rows, str(tmp_path / "table.parquet"))
-    extra.build_table(rows, str(tmp_path / "rollup.parquet"), producer_rollup(rows))
+    whole = extra.writer(str(tmp_path / "whole.parquet"))
+    whole.add(rows)
+    whole.finish()
+    windows = extra.writer(str(tmp_path / "windows.parquet"))
+    for start in range(0, rows.num_rows, 1_000):
+        windows.add(rows.slice(start, 1_000))
+    windows.finish()
     tables = [
         read_sketch_file(str(tmp_path / f"{name}.parquet")).drop_columns(["kll"])
-        for name in ("duckdb", "table", "rollup")
+        for name in ("duckdb", "whole", "windows")
     ]
     assert tables[0].num_rows > 1
     assert tables[0] == tables[1] == tables[2]
