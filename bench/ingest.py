@@ -15,8 +15,8 @@ measures it), the server's CPU per event, how busy the whole machine was while p
 server's peak RSS while posting (``bench.server.RssSampler``, as ``bench.run``) and after it
 (persisting, and compacting with ``--settle``); with ``--settle``, also the server's CPU per event
 from the first post until background compaction has settled (persists, merges and sketches
-included). ``bench.run`` measures the three formats one after another on one node, so each pays for its predecessor's
-persisting and compaction; this measures one alone. Nothing is written to
+included). ``bench.run`` measures the three formats one after another on one node, so each pays
+for its predecessor's persisting and compaction; this measures one alone. Nothing is written to
 ``bench/RESULTS.md``: quote the figures with the command.
 """
 
